@@ -13,7 +13,7 @@ import pytest
 
 from mdp_core.store.embedded import EmbeddedServer
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # real market data; see data/README.md
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,142 @@
+"""Quote and Bar: validation, normalisation, round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import UTC, datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mdp_core.models import (
+    RESOLUTIONS,
+    Bar,
+    Quote,
+    parse_resolution,
+    record_from_dict,
+    resolution_seconds,
+)
+
+TS = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+
+
+def test_quote_normalises_symbol_and_converts_to_utc() -> None:
+    eastern = timezone(timedelta(hours=-5))
+    q = Quote(" msft ", datetime(2024, 1, 2, 9, 30, tzinfo=eastern), bid=1, ask=2)
+    assert q.symbol == "MSFT"
+    assert q.ts == TS and q.ts.tzinfo is UTC
+    assert q.bid == 1.0 and isinstance(q.bid, float)
+
+
+def test_pandas_timestamp_becomes_plain_utc_datetime() -> None:
+    q = Quote("AAPL", pd.Timestamp("2024-01-02 09:30", tz="America/New_York"))
+    assert type(q.ts) is datetime and q.ts == TS
+
+
+def test_naive_timestamp_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"Quote\.ts .* is naive: expected a timezone-aware"):
+        Quote("AAPL", datetime(2024, 1, 2, 14, 30))
+
+
+@pytest.mark.parametrize("symbol", ["", "   ", "A\x00B", "X" * 65])
+def test_bad_symbols_are_refused(symbol: str) -> None:
+    with pytest.raises(ValueError, match="symbol"):
+        Quote(symbol, TS)
+
+
+def test_nan_price_means_absent_but_inf_and_negative_are_errors() -> None:
+    q = Quote("AAPL", TS, bid=math.nan, ask=2.0, bid_size=math.nan)
+    assert q.bid is None and q.bid_size is None
+    for field, value in [("bid", -1.0), ("ask", 0.0), ("last", math.inf), ("bid_size", -5.0)]:
+        with pytest.raises(ValueError, match=f"Quote.{field} .* is invalid"):
+            Quote("AAPL", TS, **{field: value})
+
+
+def test_records_are_immutable_and_slotted() -> None:
+    q = Quote("AAPL", TS, bid=1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        q.bid = 2.0  # type: ignore[misc]
+    assert not hasattr(q, "__dict__")
+
+
+def test_bar_checks_ohlc_consistency_and_resolution() -> None:
+    bar = Bar("spy", TS, 10, 11, 9, 10.5, 100, "1 min", trade_count=3.0)
+    assert (bar.symbol, bar.resolution, bar.trade_count) == ("SPY", "1m", 3)
+    assert bar.end == TS + timedelta(minutes=1)
+    with pytest.raises(ValueError, match="expected low <= open, close <= high"):
+        Bar("SPY", TS, 12, 11, 9, 10, 100, "1m")
+    with pytest.raises(ValueError, match="Bar.volume -1 is invalid"):
+        Bar("SPY", TS, 10, 11, 9, 10, -1, "1m")
+    with pytest.raises(ValueError, match="Bar.open is NaN"):
+        Bar("SPY", TS, math.nan, 11, 9, 10, 1, "1m")
+    with pytest.raises(ValueError, match="trade_count 1.5 is invalid"):
+        Bar("SPY", TS, 10, 11, 9, 10, 1, "1m", trade_count=1.5)
+
+
+@pytest.mark.parametrize(
+    ("given_value", "label"),
+    [
+        ("5s", "5s"),
+        ("5 secs", "5s"),
+        ("60s", "1m"),
+        ("1min", "1m"),
+        ("1 MIN", "1m"),
+        ("15 minutes", "15m"),
+        ("1 hour", "1h"),
+        ("1H", "1h"),
+        ("1D", "1d"),
+        (timedelta(seconds=30), "30s"),
+        (timedelta(hours=1), "1h"),
+    ],
+)
+def test_resolution_spellings_normalise(given_value: str | timedelta, label: str) -> None:
+    assert parse_resolution(given_value) == label
+
+
+@pytest.mark.parametrize("bad", ["7s", "2h", "", "5 parsecs", "abc", timedelta(seconds=1.5)])
+def test_unknown_resolution_names_value_and_allowed_labels(bad: str | timedelta) -> None:
+    with pytest.raises(ValueError, match=r"unsupported resolution .*expected one of 1s, 5s"):
+        parse_resolution(bad)
+
+
+def test_resolution_seconds_cover_every_label() -> None:
+    assert [resolution_seconds(label) for label in RESOLUTIONS] == list(RESOLUTIONS.values())
+
+
+prices = st.floats(min_value=0.01, max_value=1e6, allow_nan=False)
+sizes = st.one_of(st.none(), st.floats(min_value=0, max_value=1e9, allow_nan=False))
+times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+@given(
+    symbol=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ.", min_size=1, max_size=8),
+    ts=times,
+    bid=st.one_of(st.none(), prices),
+    ask=st.one_of(st.none(), prices),
+    size=sizes,
+)
+def test_quote_round_trips_through_dict(
+    symbol: str, ts: datetime, bid: float | None, ask: float | None, size: float | None
+) -> None:
+    q = Quote(symbol, ts, bid=bid, ask=ask, bid_size=size, source="test")
+    again = record_from_dict("quote", q.to_dict())
+    assert again == q and again.ts.tzinfo is UTC
+
+
+@given(ts=times, a=prices, b=prices, c=prices, d=prices, volume=st.floats(0, 1e9))
+def test_bar_round_trips_through_dict(
+    ts: datetime, a: float, b: float, c: float, d: float, volume: float
+) -> None:
+    low, high = min(a, b, c, d), max(a, b, c, d)
+    bar = Bar("X", ts, a, high, low, d, volume, "5s", vwap=c, trade_count=7)
+    assert record_from_dict("bar", bar.to_dict()) == bar
+
+
+def test_unknown_record_kind() -> None:
+    with pytest.raises(ValueError, match="unknown record kind 'trade'"):
+        record_from_dict("trade", {})
