@@ -1,0 +1,55 @@
+"""A simulated IB Gateway speaking the real TWS API wire protocol (server version 178).
+
+Real, unmodified ib_async clients connect to it over TCP. Market data comes from
+deterministic models (seeded random walks or replayed real minute bars) on a simulated
+clock, so tests know exactly which ticks and 5-second bars exist for any period.
+
+    from mdp_core.gateway import SimulatedGateway
+
+    async with SimulatedGateway(symbols=["AAPL"], port=0, time_compression=60.0) as gw:
+        ...  # connect ib_async to 127.0.0.1:gw.port
+
+The command line is ``mdp gateway`` (see ``mdp gateway --help``).
+"""
+
+from __future__ import annotations
+
+from mdp_core.gateway.market import (
+    BAR_SECONDS,
+    MarketModel,
+    MinuteRow,
+    RandomWalkModel,
+    ReplayModel,
+    SimBar,
+    SimClock,
+    SimTick,
+    aggregate_bars,
+    load_minute_file,
+)
+from mdp_core.gateway.server import (
+    CONTROL_HELP,
+    RecordedRequest,
+    SentBar,
+    SentTick,
+    SessionInfo,
+    SimulatedGateway,
+)
+
+__all__ = [
+    "BAR_SECONDS",
+    "CONTROL_HELP",
+    "MarketModel",
+    "MinuteRow",
+    "RandomWalkModel",
+    "RecordedRequest",
+    "ReplayModel",
+    "SentBar",
+    "SentTick",
+    "SessionInfo",
+    "SimBar",
+    "SimClock",
+    "SimTick",
+    "SimulatedGateway",
+    "aggregate_bars",
+    "load_minute_file",
+]
