@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,12 +19,17 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # real market data; see
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
-    """The embedded PostgreSQL server for the whole session (deleted at the end)."""
-    server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "data")
+def pg_server() -> Iterator[EmbeddedServer]:
+    """The embedded PostgreSQL server for the whole session (deleted at the end).
+
+    Its data lives in its own temporary directory, not under pytest's numbered base
+    directories, which a concurrent pytest session may prune while this one runs."""
+    root = Path(tempfile.mkdtemp(prefix="mdp-test-pg-"))
+    server = EmbeddedServer(root / "data")
     server.start()
     yield server
     server.destroy()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -41,3 +41,6 @@ class _LazyGroup(click.Group):
 @click.version_option(package_name="mdp")
 def main() -> None:
     """mdp: market data from Interactive Brokers and other providers into PostgreSQL."""
+    from mdp_core.logs import configure_logging
+
+    configure_logging()

@@ -1,0 +1,3 @@
+from mdp_core.cli import main
+
+main()

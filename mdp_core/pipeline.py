@@ -1,0 +1,461 @@
+"""One supervised stream: provider -> Channel -> operators -> WriteCoordinator -> PostgreSQL.
+
+A ``StreamSpec`` says what to stream (``streams.yaml`` holds a list of them, see
+``load_streams``); a ``Pipeline`` runs one until it is asked to stop, ``max_seconds`` pass or
+the provider ends, and then drains: everything the provider emitted ends committed,
+dead-lettered or in a named drop counter (``PipelineStats.balanced``).
+
+Used by ``mdp stream``, the examples, the Dagster stream op and the soak test, so all of them
+stop, drain and account in exactly the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import operator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mdp_core.channel import Channel, ChannelStats
+from mdp_core.coordinator import (
+    CoordinatorHealth,
+    CoordinatorRuntimeSettings,
+    CoordinatorSettings,
+    RetryPolicy,
+    WriteCoordinator,
+)
+from mdp_core.dlq import DeadLetterQueue
+from mdp_core.logs import logger
+from mdp_core.models import Record, parse_resolution
+from mdp_core.operators import OperatorStats, deduplicate, throttle
+from mdp_core.providers.base import normalize_symbols
+from mdp_core.providers.registry import ProviderRegistry
+from mdp_core.runtime import RuntimeOrchestrator
+from mdp_core.settings import IBKRSettings
+
+if TYPE_CHECKING:
+    from mdp_core.store.database import Database
+
+__all__ = [
+    "CoordinatorTuning",
+    "Pipeline",
+    "PipelineStats",
+    "StreamSpec",
+    "StreamsConfigError",
+    "load_streams",
+]
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+class CoordinatorTuning(BaseModel):
+    """Per-stream overrides of the coordinator settings (unset = ``MDP_COORDINATOR_*``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    flush_interval: float | None = Field(None, ge=0)
+    drain_timeout: float | None = Field(None, ge=0)
+    overflow: Literal["block", "drop_oldest", "error"] | None = None
+
+    def to_settings(self) -> CoordinatorSettings:
+        overrides = {k: v for k, v in self.model_dump().items() if v is not None}
+        return CoordinatorRuntimeSettings().to_settings(**overrides)
+
+
+class StreamSpec(BaseModel):
+    """What one stream ingests, and how. One entry of ``streams.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    provider: str = "ibkr"
+    mode: Literal["quotes", "bars"] = "bars"
+    symbols: list[str]
+    resolution: str = "5s"
+    client_id: int | None = Field(None, ge=0, description="IB API client id (ibkr only)")
+    provider_options: dict[str, Any] = Field(default_factory=dict)
+    channel_capacity: int = Field(8192, ge=1)
+    channel_overflow: Literal["block", "drop_oldest", "conflate"] = "block"
+    throttle: float | None = Field(None, gt=0, description="max items/s (token bucket)")
+    dedupe_ttl: float | None = Field(None, gt=0, description="drop repeats within seconds")
+    coordinator: CoordinatorTuning = Field(default_factory=CoordinatorTuning)
+    enabled: bool = True
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _symbols(cls, value: Any) -> list[str]:
+        return normalize_symbols(value)
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, value: str) -> str:
+        return parse_resolution(value)
+
+    def provider_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the provider (``client_id`` becomes ``ibkr_settings``)."""
+        kwargs = dict(self.provider_options)
+        if self.client_id is not None and self.provider == "ibkr":
+            kwargs.setdefault("ibkr_settings", IBKRSettings(client_id=self.client_id))
+        return kwargs
+
+
+class StreamsConfigError(ValueError):
+    """``streams.yaml`` is malformed; the message names the entry and the field."""
+
+
+def load_streams(path: str | Path) -> list[StreamSpec]:
+    """Read ``streams.yaml`` (a top-level ``streams:`` list of ``StreamSpec`` entries).
+
+    Raises ``StreamsConfigError`` naming the file, the entry (index and name) and the field
+    for anything malformed, and for duplicate stream names or duplicate IB client ids."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise StreamsConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise StreamsConfigError(f"{path}: not valid YAML: {exc}") from None
+    entries = data.get("streams") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise StreamsConfigError(f"{path}: expected a top-level 'streams:' list of entries")
+    specs: list[StreamSpec] = []
+    for index, entry in enumerate(entries):
+        label = f"streams[{index}]"
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            label += f" ({entry['name']!r})"
+        if not isinstance(entry, dict):
+            raise StreamsConfigError(f"{path}: {label}: expected a mapping, got {entry!r}")
+        try:
+            specs.append(StreamSpec.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"field {'.'.join(str(p) for p in err['loc']) or '(entry)'!r}: "
+                f"{err['msg']} (got {err.get('input')!r})"
+                for err in exc.errors()
+            )
+            raise StreamsConfigError(f"{path}: {label}: {problems}") from None
+    _check_unique(path, specs, "name", lambda s: s.name)
+    ibkr = [s for s in specs if s.provider == "ibkr" and s.client_id is not None]
+    _check_unique(path, ibkr, "client_id", lambda s: s.client_id)
+    return specs
+
+
+def _check_unique(
+    path: Path, specs: list[StreamSpec], field: str, key: Callable[[StreamSpec], Any]
+) -> None:
+    seen: dict[Any, str] = {}
+    for spec in specs:
+        value = key(spec)
+        if value in seen:
+            raise StreamsConfigError(
+                f"{path}: streams {seen[value]!r} and {spec.name!r} share {field} {value!r}: "
+                f"expected each stream to have its own {field}"
+            )
+        seen[value] = spec.name
+
+
+# -- running ----------------------------------------------------------------------------
+
+State = Literal["new", "running", "draining", "finished", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineStats:
+    """A snapshot of a running (or finished) pipeline, with its conservation accounting."""
+
+    stream: str
+    run_id: str
+    state: State
+    started_at: datetime | None
+    elapsed: float
+    emitted: int  # records the provider handed to the channel
+    channel: ChannelStats
+    throttled: int  # dropped by throttle(mode="drop")
+    duplicates: int  # dropped by deduplicate
+    coordinator: CoordinatorHealth
+    rate: float  # records committed per second, recently
+    error: str | None
+
+    @property
+    def dropped(self) -> int:
+        """Every record dropped by an explicit, counted policy (channel, operators, queue)."""
+        c = self.channel
+        return c.dropped + c.conflated + self.throttled + self.duplicates + self.coordinator.dropped
+
+    @property
+    def balanced(self) -> bool:
+        """True once drained: emitted == committed + dead-lettered + dropped."""
+        h = self.coordinator
+        return self.emitted == h.committed + h.dead_lettered + self.dropped and h.pending == 0
+
+    def counters(self) -> dict[str, Any]:
+        """Flat JSON-ready counters (heartbeats, Dagster metadata, the CLI summary)."""
+        h = self.coordinator
+        return {
+            "state": self.state,
+            "elapsed_s": round(self.elapsed, 3),
+            "emitted": self.emitted,
+            "submitted": h.submitted,
+            "committed": h.committed,
+            "new_rows": h.new_rows,
+            "dead_lettered": h.dead_lettered,
+            "dropped": self.dropped,
+            "channel_depth": self.channel.depth,
+            "queue_depth": h.queue_depth,
+            "in_flight": h.in_flight,
+            "retries": h.retries,
+            "circuit": h.circuit,
+            "rate": round(self.rate, 1),
+            "error": self.error,
+        }
+
+
+ProgressCallback = Callable[[PipelineStats], Awaitable[None] | None]
+
+
+class Pipeline:
+    """Run one ``StreamSpec`` into PostgreSQL until stopped, then drain.
+
+    Guarantees:
+    - one writer per stream: the run holds the PostgreSQL advisory lock
+      ``mdp:stream:<name>`` (``single_writer=True``), else it fails at once with
+      ``LockHeldError``;
+    - stopping (``request_stop()``, ``max_seconds`` or the provider ending) stops the
+      provider, delivers what the channel holds, and drains the coordinator: every emitted
+      record ends committed, dead-lettered (durably) or counted as dropped;
+    - a provider failure is raised from ``run()`` after the drain, never swallowed;
+    - a heartbeat row (``mdp.stream_heartbeats``) every ``heartbeat_interval`` seconds and
+      ``on_progress(stats)`` every ``progress_interval`` seconds; a failing heartbeat (the
+      database may be down) is logged, never fatal.
+    """
+
+    def __init__(
+        self,
+        spec: StreamSpec,
+        db: Database,
+        *,
+        registry: ProviderRegistry | None = None,
+        dlq: DeadLetterQueue | None = None,
+        retry_policy: RetryPolicy | None = None,
+        run_id: str | None = None,
+        single_writer: bool = True,
+        heartbeat_interval: float = 15.0,
+        on_progress: ProgressCallback | None = None,
+        progress_interval: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.db = db
+        self.registry = registry or ProviderRegistry()
+        self.dlq = dlq if dlq is not None else DeadLetterQueue()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.run_id = run_id or uuid.uuid4().hex
+        self.single_writer = single_writer
+        self.heartbeat_interval = heartbeat_interval
+        self.on_progress = on_progress
+        self.progress_interval = progress_interval
+        self._stop = asyncio.Event()
+        self._state: State = "new"
+        self._started: float | None = None
+        self._started_at: datetime | None = None
+        self._error: BaseException | None = None
+        self._runtime: RuntimeOrchestrator | None = None
+        self._channel: Channel[Record] | None = None
+        self._coordinator: WriteCoordinator[Record] | None = None
+        self._throttle_stats = OperatorStats()
+        self._dedupe_stats = OperatorStats()
+        self._final: PipelineStats | None = None
+
+    def request_stop(self) -> None:
+        """Ask the pipeline to stop and drain (idempotent; call from the loop's thread)."""
+        self._stop.set()
+
+    async def run(self, *, max_seconds: float | None = None) -> PipelineStats:
+        """Stream until stopped / ``max_seconds`` / the provider ends; drain; return the stats."""
+        if self._state != "new":
+            raise RuntimeError("a Pipeline runs once: create a new one")
+        spec = self.spec
+        self._state = "running"
+        self._started, self._started_at = time.monotonic(), datetime.now(UTC)
+        background: list[asyncio.Task[None]] = []
+        try:
+            async with AsyncExitStack() as stack:
+                if self.single_writer:
+                    await stack.enter_async_context(
+                        self.db.advisory_lock(f"mdp:stream:{spec.name}")
+                    )
+                self._coordinator = await stack.enter_async_context(self._new_coordinator())
+                self._runtime = runtime = RuntimeOrchestrator(registry=self.registry)
+                stack.push_async_callback(runtime.stop)
+                self._channel = await self._open_channel(runtime)
+                logger.info(
+                    "stream {} running (run {}): {} {} of {} via {}",
+                    spec.name, self.run_id, spec.resolution if spec.mode == "bars" else "",
+                    spec.mode, ",".join(spec.symbols), spec.provider,
+                )  # fmt: skip
+                background = [
+                    asyncio.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
+                    asyncio.create_task(self._every(self.progress_interval, self._progress)),
+                ]
+                consume = asyncio.create_task(self._consume(self._channel, self._coordinator))
+                stop = asyncio.create_task(self._stop.wait())
+                done, _ = await asyncio.wait(
+                    {consume, stop}, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                stop.cancel()
+                self._state = "draining"
+                if consume not in done:
+                    logger.info("stream {}: stopping provider, draining", spec.name)
+                    await runtime.stop()  # closes the channel; consume delivers what it holds
+                try:
+                    await consume
+                except Exception as exc:  # the provider's failure, raised after the drain
+                    self._error = exc
+                # leaving the stack drains the coordinator, then releases the lock
+        except BaseException as exc:
+            self._error = self._error or exc
+            raise
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._state = "failed" if self._error is not None else "finished"
+            self._final = self.snapshot()
+            await self._heartbeat()
+            await self._progress()
+            self._log_summary(self._final)
+        if self._error is not None:
+            raise self._error
+        return self._final
+
+    def _new_coordinator(self) -> WriteCoordinator[Record]:
+        from mdp_core.store.sinks import BarsSink, QuotesSink
+
+        sink = BarsSink(self.db) if self.spec.mode == "bars" else QuotesSink(self.db)
+        return WriteCoordinator(
+            sink,  # type: ignore[arg-type]
+            self.spec.coordinator.to_settings(),
+            self.retry_policy,
+            self.dlq,
+            name=self.spec.name,
+        )
+
+    async def _open_channel(self, runtime: RuntimeOrchestrator) -> Channel[Record]:
+        spec = self.spec
+        common: dict[str, Any] = {
+            "max_buffer": spec.channel_capacity,
+            "provider": spec.provider,
+            "overflow": spec.channel_overflow,
+            **spec.provider_kwargs(),
+        }
+        if spec.mode == "bars":
+            bars = await runtime.bars_to_channel(spec.symbols, resolution=spec.resolution, **common)
+            return bars  # type: ignore[return-value]
+        quotes = await runtime.quotes_to_channel(spec.symbols, **common)
+        return quotes  # type: ignore[return-value]
+
+    async def _consume(self, channel: Channel[Record], coord: WriteCoordinator[Record]) -> None:
+        spec = self.spec
+        if spec.throttle is None and spec.dedupe_ttl is None:
+            # No operators: move whole batches (the fast path).
+            async for batch in channel.iter_batches(coord.settings.batch_size):
+                await coord.submit_many(batch)
+            return
+        stream: AsyncIterator[Record] = channel.iter()
+        if spec.throttle is not None:
+            stream = throttle(stream, spec.throttle, mode="delay", stats=self._throttle_stats)
+        if spec.dedupe_ttl is not None:
+            stream = deduplicate(
+                stream, operator.attrgetter("key"), spec.dedupe_ttl, stats=self._dedupe_stats
+            )
+        async for record in stream:
+            await coord.submit(record)
+
+    # -- observing -------------------------------------------------------------------------
+
+    def snapshot(self) -> PipelineStats:
+        """The current counters (safe to call at any time after ``run`` started)."""
+        if self._final is not None:
+            return self._final
+        emitted = 0
+        if self._runtime is not None:
+            emitted = sum(s.pumped for s in self._runtime.stats().values())
+        coordinator = self._coordinator
+        health = coordinator.health() if coordinator is not None else _EMPTY_HEALTH
+        channel = self._channel.stats if self._channel is not None else _EMPTY_CHANNEL
+        return PipelineStats(
+            stream=self.spec.name,
+            run_id=self.run_id,
+            state=self._state,
+            started_at=self._started_at,
+            elapsed=time.monotonic() - self._started if self._started is not None else 0.0,
+            emitted=emitted,
+            channel=channel,
+            throttled=self._throttle_stats.dropped,
+            duplicates=self._dedupe_stats.duplicates,
+            coordinator=health,
+            rate=health.throughput,
+            error=None if self._error is None else f"{type(self._error).__name__}: {self._error}",
+        )
+
+    async def _every(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await action()
+
+    async def _heartbeat(self) -> None:
+        try:
+            counters = self.snapshot().counters()
+            await asyncio.wait_for(
+                self.db.write_heartbeat(self.spec.name, self.run_id, counters), timeout=5
+            )
+        except Exception as exc:
+            logger.warning("stream {}: heartbeat not written: {}", self.spec.name, exc)
+
+    async def _progress(self) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            result = self.on_progress(self.snapshot())
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            logger.warning("stream {}: progress callback failed: {}", self.spec.name, exc)
+
+    def _log_summary(self, stats: PipelineStats) -> None:
+        c = stats.counters()
+        balanced = "balanced" if stats.balanced else "NOT BALANCED"
+        logger.info(
+            "stream {} {} after {:.1f}s: emitted {} = committed {} + dead-lettered {} + "
+            "dropped {} ({})",
+            stats.stream, stats.state, stats.elapsed, c["emitted"], c["committed"],
+            c["dead_lettered"], c["dropped"], balanced,
+        )  # fmt: skip
+
+
+_EMPTY_CHANNEL = ChannelStats(0, 0, 0, 0, 0, 0, 0, 0, False)
+_EMPTY_HEALTH: CoordinatorHealth = CoordinatorHealth(
+    **{
+        **{f: 0 for f in CoordinatorHealth.__dataclass_fields__},
+        "name": "",
+        "state": "new",
+        "circuit": "closed",
+        "high_watermark": False,
+        "last_error": None,
+        "last_error_at": None,
+        "throughput": 0.0,
+    }
+)

@@ -1,0 +1,188 @@
+"""Pipeline: provider -> channel -> coordinator -> PostgreSQL, stopping and accounting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mdp_core.dlq import DeadLetterQueue
+from mdp_core.models import Quote, Record
+from mdp_core.pipeline import Pipeline, StreamsConfigError, StreamSpec, load_streams
+from mdp_core.providers.base import ProviderSource
+from mdp_core.providers.registry import ProviderRegistry
+from mdp_core.store.database import Database, LockHeldError
+
+START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+
+
+def synthetic_spec(name: str = "s1", **extra: object) -> StreamSpec:
+    options = {"rate": 500.0, "start": START, "seed": 7} | extra.pop("options", {})  # type: ignore[operator]
+    return StreamSpec(
+        name=name,
+        provider="synthetic",
+        mode="quotes",
+        symbols=["AAPL", "MSFT"],
+        provider_options=options,
+        coordinator={"batch_size": 200, "flush_interval": 0.05},  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def row_count(db: Database, table: str) -> int:
+    return await db.count(table)
+
+
+async def test_runs_until_max_seconds_then_drains_and_balances(fresh_dsn: str) -> None:
+    async with Database.connect(fresh_dsn) as db:
+        pipeline = Pipeline(synthetic_spec(), db, heartbeat_interval=0.2)
+        stats = await asyncio.wait_for(pipeline.run(max_seconds=1.0), 30)
+        assert stats.state == "finished" and stats.balanced
+        assert stats.emitted > 0
+        assert stats.coordinator.dead_lettered == 0 and stats.dropped == 0
+        # every emitted quote has a distinct key, so every one is a new row
+        assert await row_count(db, "quotes") == stats.emitted == stats.coordinator.new_rows
+        beats = await db.pool.fetch(
+            "SELECT counters FROM mdp.stream_heartbeats WHERE stream = $1 ORDER BY ts", "s1"
+        )
+        assert beats, "heartbeats are written"
+        assert '"state": "finished"' in beats[-1]["counters"]
+
+
+async def test_request_stop_drains_everything_in_flight(fresh_dsn: str) -> None:
+    async with Database.connect(fresh_dsn) as db:
+        pipeline = Pipeline(synthetic_spec(options={"rate": None}), db)
+        run = asyncio.create_task(pipeline.run())
+        while pipeline.snapshot().coordinator.committed < 2_000:  # wait for real progress
+            await asyncio.sleep(0.01)
+        pipeline.request_stop()
+        stats = await asyncio.wait_for(run, 30)
+        assert stats.balanced and stats.emitted >= 2_000
+        assert await row_count(db, "quotes") == stats.emitted
+
+
+async def test_second_writer_for_the_same_stream_is_refused(fresh_dsn: str) -> None:
+    async with Database.connect(fresh_dsn) as db:
+        first = Pipeline(synthetic_spec("solo"), db)
+        run = asyncio.create_task(first.run())
+        while first.snapshot().emitted == 0:
+            await asyncio.sleep(0.01)
+        with pytest.raises(LockHeldError, match="mdp:stream:solo"):
+            await Pipeline(synthetic_spec("solo"), db).run(max_seconds=1)
+        first.request_stop()
+        assert (await asyncio.wait_for(run, 30)).balanced
+
+
+class Failing(ProviderSource):
+    """Emits ``good`` quotes, then fails like a provider losing its upstream."""
+
+    name = "failing"
+
+    def __init__(self, symbols: list[str], mode: str = "quotes", good: int = 50, **_: object):
+        super().__init__(symbols, mode)
+        self.good = good
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def stream(self) -> AsyncIterator[Record]:  # type: ignore[override]
+        for i in range(self.good):
+            yield Quote("AAA", START.replace(microsecond=i), bid=1.0, ask=1.01)
+        raise ConnectionError("upstream went away")
+
+
+async def test_provider_failure_is_raised_after_the_drain(fresh_dsn: str) -> None:
+    registry = ProviderRegistry()
+    registry.register("failing", Failing)
+    spec = StreamSpec(name="f", provider="failing", mode="quotes", symbols=["AAA"])
+    async with Database.connect(fresh_dsn) as db:
+        pipeline = Pipeline(spec, db, registry=registry)
+        with pytest.raises(ConnectionError, match="upstream went away"):
+            await asyncio.wait_for(pipeline.run(), 30)
+        stats = pipeline.snapshot()
+        assert stats.state == "failed" and "upstream went away" in (stats.error or "")
+        assert stats.balanced and stats.emitted == 50
+        assert await row_count(db, "quotes") == 50  # what came before the failure landed
+
+
+async def test_dedupe_drops_are_counted_in_the_accounting(fresh_dsn: str, tmp_path: Path) -> None:
+    registry = ProviderRegistry()
+
+    class Repeating(Failing):
+        async def stream(self) -> AsyncIterator[Record]:  # type: ignore[override]
+            for i in range(100):
+                yield Quote("AAA", START.replace(microsecond=i % 10), bid=1.0, ask=1.01)
+
+    registry.register("repeating", Repeating)
+    spec = StreamSpec(
+        name="d", provider="repeating", mode="quotes", symbols=["AAA"], dedupe_ttl=60.0
+    )
+    async with Database.connect(fresh_dsn) as db:
+        stats = await Pipeline(spec, db, registry=registry, dlq=DeadLetterQueue(tmp_path)).run()
+    assert (stats.emitted, stats.duplicates, stats.coordinator.submitted) == (100, 90, 10)
+    assert stats.balanced
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "streams.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_load_streams_reads_entries(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+streams:
+  - name: ibkr_bars
+    mode: bars
+    symbols: [aapl, MSFT]
+    resolution: 5 secs
+    client_id: 11
+    coordinator: {workers: 2, batch_size: 1000}
+  - name: quotes
+    provider: synthetic
+    mode: quotes
+    symbols: "SPY,QQQ"
+""",
+    )
+    bars, quotes = load_streams(path)
+    assert (bars.symbols, bars.resolution, bars.client_id) == (["AAPL", "MSFT"], "5s", 11)
+    assert bars.coordinator.to_settings().batch_size == 1000
+    assert bars.provider_kwargs()["ibkr_settings"].client_id == 11
+    assert quotes.symbols == ["SPY", "QQQ"] and quotes.provider_kwargs() == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("streams: [{name: a, symbols: [X], resolution: 7s}]",
+         r"streams\[0\] \('a'\): field 'resolution': .*unsupported resolution '7s'"),
+        ("streams: [{name: a, symbols: [X]}, {name: b}]",
+         r"streams\[1\] \('b'\): field 'symbols': Field required"),
+        ("streams: [{name: a, symbols: [X], colour: red}]",
+         r"streams\[0\] \('a'\): field 'colour': Extra inputs are not permitted"),
+        ("streams: [{name: a, symbols: [X], coordinator: {workers: 0}}]",
+         r"field 'coordinator.workers': Input should be greater than or equal to 1"),
+        ("streams: [{name: a, symbols: []}]", r"field 'symbols': .*no symbols given"),
+        ("streams: [{name: 'bad name', symbols: [X]}]", r"field 'name': String should match"),
+        ("streams: [{name: a, symbols: [X]}, {name: a, symbols: [Y]}]",
+         r"streams 'a' and 'a' share name 'a'"),
+        ("streams: [{name: a, symbols: [X], client_id: 3}, {name: b, symbols: [Y], client_id: 3}]",
+         r"streams 'a' and 'b' share client_id 3"),
+        ("streams: {name: a}", r"expected a top-level 'streams:' list"),
+        ("streams: [1]", r"streams\[0\]: expected a mapping, got 1"),
+        ("streams: [", r"not valid YAML"),
+    ],
+)  # fmt: skip
+def test_malformed_streams_file_names_entry_and_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(StreamsConfigError, match=message):
+        load_streams(write(tmp_path, text))
