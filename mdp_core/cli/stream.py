@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from mdp_core.pipeline import Pipeline, PipelineStats, StreamSpec, StreamsConfigError, load_streams
+from mdp_core.pipeline import Pipeline, PipelineStats, StreamsConfigError, StreamSpec, load_streams
 
 __all__ = ["stream"]
 
