@@ -274,7 +274,7 @@ class Pipeline:
         self._error: BaseException | None = None
         self._runtime: RuntimeOrchestrator | None = None
         self._channel: Channel[Record] | None = None
-        self._coordinator: WriteCoordinator[Record] | None = None
+        self._coordinator = self._new_coordinator()  # started by run()
         self._throttle_stats = OperatorStats()
         self._dedupe_stats = OperatorStats()
         self._final: PipelineStats | None = None
@@ -297,7 +297,7 @@ class Pipeline:
                     await stack.enter_async_context(
                         self.db.advisory_lock(f"mdp:stream:{spec.name}")
                     )
-                self._coordinator = await stack.enter_async_context(self._new_coordinator())
+                await stack.enter_async_context(self._coordinator)
                 self._runtime = runtime = RuntimeOrchestrator(registry=self.registry)
                 stack.push_async_callback(runtime.stop)
                 self._channel = await self._open_channel(runtime)
@@ -393,9 +393,8 @@ class Pipeline:
         emitted = 0
         if self._runtime is not None:
             emitted = sum(s.pumped for s in self._runtime.stats().values())
-        coordinator = self._coordinator
-        health = coordinator.health() if coordinator is not None else _EMPTY_HEALTH
-        channel = self._channel.stats if self._channel is not None else _EMPTY_CHANNEL
+        health = self._coordinator.health()
+        channel = self._channel.stats if self._channel is not None else _NO_CHANNEL
         return PipelineStats(
             stream=self.spec.name,
             run_id=self.run_id,
@@ -446,16 +445,7 @@ class Pipeline:
         )  # fmt: skip
 
 
-_EMPTY_CHANNEL = ChannelStats(0, 0, 0, 0, 0, 0, 0, 0, False)
-_EMPTY_HEALTH: CoordinatorHealth = CoordinatorHealth(
-    **{
-        **{f: 0 for f in CoordinatorHealth.__dataclass_fields__},
-        "name": "",
-        "state": "new",
-        "circuit": "closed",
-        "high_watermark": False,
-        "last_error": None,
-        "last_error_at": None,
-        "throughput": 0.0,
-    }
-)
+_NO_CHANNEL = ChannelStats(
+    capacity=0, depth=0, high_water=0, accepted=0, delivered=0, dropped=0, conflated=0,
+    rejected=0, closed=False,
+)  # fmt: skip

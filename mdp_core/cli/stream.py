@@ -155,13 +155,13 @@ def _spec(
     return StreamSpec(
         name=name or f"{provider}-{mode}",
         provider=provider,
-        mode=mode,  # type: ignore[arg-type]
-        symbols=symbols,  # type: ignore[arg-type]
+        mode=mode,
+        symbols=symbols,
         resolution=resolution,
         provider_options=_parse_options(options),
         throttle=throttle,
         dedupe_ttl=dedupe_ttl,
-        coordinator=tuning,  # type: ignore[arg-type]
+        coordinator=tuning,
     )
 
 
