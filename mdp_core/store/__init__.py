@@ -5,17 +5,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BarsSink", "Database", "EmbeddedServer", "QuotesSink"]
+__all__ = ["BarsSink", "Database", "DatabaseError", "EmbeddedServer", "LockHeldError", "QuotesSink"]
 
 _WHERE = {
     "Database": "mdp_core.store.database",
+    "DatabaseError": "mdp_core.store.database",
+    "LockHeldError": "mdp_core.store.database",
     "QuotesSink": "mdp_core.store.sinks",
     "BarsSink": "mdp_core.store.sinks",
     "EmbeddedServer": "mdp_core.store.embedded",
 }
 
 if TYPE_CHECKING:
-    from mdp_core.store.database import Database
+    from mdp_core.store.database import Database, DatabaseError, LockHeldError
     from mdp_core.store.embedded import EmbeddedServer
     from mdp_core.store.sinks import BarsSink, QuotesSink
 
