@@ -226,6 +226,10 @@ class PipelineStats:
 
 ProgressCallback = Callable[[PipelineStats], Awaitable[None] | None]
 
+#: Streams retry a failing batch for about 20 s (delay caps 0.1, 0.2, ... 5 s) before
+#: spooling it, so a routine database restart is ridden out without touching the DLQ.
+STREAM_RETRY_POLICY = RetryPolicy(max_attempts=10, initial_backoff=0.1, max_backoff=5.0)
+
 
 class Pipeline:
     """Run one ``StreamSpec`` into PostgreSQL until stopped, then drain.
@@ -261,7 +265,7 @@ class Pipeline:
         self.db = db
         self.registry = registry or ProviderRegistry()
         self.dlq = dlq if dlq is not None else DeadLetterQueue()
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or STREAM_RETRY_POLICY
         self.run_id = run_id or uuid.uuid4().hex
         self.single_writer = single_writer
         self.heartbeat_interval = heartbeat_interval

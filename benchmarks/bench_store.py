@@ -1,0 +1,400 @@
+"""Write throughput into ``mdp.quotes``: the raw COPY limit against the sink (and coordinator).
+
+    python -m benchmarks.bench_store            # 200k rows, best of 2 per configuration
+    python -m benchmarks.bench_store --quick    # 50k rows, 1 repetition
+
+Everything runs in one process on the same prebuilt rows and the same table, truncated
+before every measurement, on a dedicated embedded server in a temporary directory (or, when
+``MDP_PG_DSN`` is set, in a temporary database created on that server and dropped after).
+
+(a) raw limit: prebuilt tuples, asyncpg binary COPY into a TEMP stage + ``INSERT ... ON
+    CONFLICT DO NOTHING``, one transaction per batch, in tight loops on plain connections,
+    sweeping batch size and parallel connections;
+(b) ``QuotesSink.write`` from prebuilt ``Quote`` objects (so record -> tuple conversion,
+    pool acquire/release and partition checks are measured), with the best batch size of
+    (a) and 1/2/4 concurrent writers, each interleaved with (a) at the same settings
+    ("x same" is the ratio of that pair);
+(c) the ``WriteCoordinator`` path (``measure_coordinator``): quotes submitted one by one,
+    batched by the coordinator (retry policy, circuit breaker, fsync'ing DLQ enabled);
+(d) naive baseline: one autocommitted ``INSERT ... ON CONFLICT DO NOTHING`` per row (fewer
+    rows: it is slow).
+
+Prints rows/s, each as a ratio of the best (a), and writes ``benchmarks/results/store.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from mdp_core.models import Quote
+from mdp_core.settings import get_settings
+from mdp_core.store.database import STAGE_DDL, STAGE_TABLES, Database
+from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.store.sinks import QuotesSink
+
+RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
+BATCH_SIZES = (1000, 2000, 5000, 10000)
+PARALLEL = (1, 2, 4)
+SYMBOLS = 100
+STAGE = STAGE_TABLES["quotes"]
+COLUMNS = QuotesSink.columns
+INSERT = QuotesSink._insert_sql
+
+
+def build_quotes(n: int) -> list[Quote]:
+    """``n`` quotes with unique keys over ``SYMBOLS`` symbols, all on one UTC day."""
+    base = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+    symbols = [f"SYM{i:03d}" for i in range(SYMBOLS)]
+    prices = [100.0 + (i % 97) * 0.01 for i in range(1000)]
+    step = timedelta(milliseconds=1)
+    return [
+        Quote(
+            symbols[i % SYMBOLS],
+            base + (i // SYMBOLS) * step,
+            bid=prices[i % 1000],
+            ask=prices[(i + 3) % 1000],
+            bid_size=100.0,
+            ask_size=200.0,
+            last=prices[(i + 1) % 1000],
+            last_size=float(1 + i % 9),
+            source="bench",
+        )
+        for i in range(n)
+    ]
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def _truncate(db: Database) -> None:
+    await db.pool.execute("TRUNCATE mdp.quotes")
+
+
+async def _check(db: Database, expected: int) -> None:
+    got = await db.count("quotes")
+    if got != expected:
+        raise RuntimeError(f"benchmark wrote {got} rows, expected {expected}")
+
+
+# -- (a) raw limit --------------------------------------------------------------------------
+
+
+async def measure_raw(
+    db: Database, rows: list[tuple[Any, ...]], batch_size: int, connections: int
+) -> float:
+    """Rows/s of COPY -> stage -> INSERT ON CONFLICT from prebuilt tuples."""
+    await _truncate(db)
+    conns = [await asyncpg.connect(db.dsn) for _ in range(connections)]
+    try:
+        for conn in conns:
+            await conn.execute(STAGE_DDL)
+        batches = iter(_chunks(rows, batch_size))
+
+        async def worker(conn: asyncpg.Connection) -> None:
+            for batch in batches:  # shared iterator: each batch goes to one worker
+                async with conn.transaction():
+                    await conn.copy_records_to_table(STAGE, records=batch, columns=COLUMNS)
+                    await conn.execute(INSERT)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        elapsed = time.perf_counter() - start
+    finally:
+        for conn in conns:
+            await conn.close()
+    await _check(db, len(rows))
+    return len(rows) / elapsed
+
+
+# -- (b) the sink ---------------------------------------------------------------------------
+
+
+async def measure_sink(db: Database, quotes: list[Quote], batch_size: int, writers: int) -> float:
+    """Rows/s of ``QuotesSink.write`` from prebuilt ``Quote`` objects."""
+    await _truncate(db)
+    sink = QuotesSink(db)
+    batches = iter(_chunks(quotes, batch_size))
+
+    async def worker() -> None:
+        for batch in batches:
+            await sink.write(batch)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(writers)))
+    elapsed = time.perf_counter() - start
+    await _check(db, len(quotes))
+    return len(quotes) / elapsed
+
+
+# -- (c) the coordinator: HOOK --------------------------------------------------------------
+
+
+async def measure_coordinator(
+    db: Database, quotes: list[Quote], batch_size: int, workers: int
+) -> float | None:
+    """(c) Rows/s of submitting ``quotes`` one by one to a ``WriteCoordinator`` over
+    ``QuotesSink(db)`` (``batch_size``, ``workers``; default retry policy, circuit breaker
+    and a real fsync'ing DLQ in a temporary directory) and draining it."""
+    from mdp_core.coordinator import CoordinatorSettings, RetryPolicy, WriteCoordinator
+    from mdp_core.dlq import DeadLetterQueue
+
+    await _truncate(db)
+    settings = CoordinatorSettings(
+        capacity=max(20_000, 2 * batch_size * workers), workers=workers, batch_size=batch_size
+    )
+    with tempfile.TemporaryDirectory(prefix="mdp-bench-dlq-") as spool:
+        coord = WriteCoordinator(
+            QuotesSink(db), settings, RetryPolicy(max_attempts=5), DeadLetterQueue(spool)
+        )
+        start = time.perf_counter()
+        async with coord:
+            submit = coord.submit
+            for quote in quotes:
+                await submit(quote)
+            await coord.drain()
+        elapsed = time.perf_counter() - start
+    health = coord.health()
+    if health.dead_lettered or health.retries:
+        raise RuntimeError(f"coordinator benchmark had failures: {health}")
+    await _check(db, len(quotes))
+    return len(quotes) / elapsed
+
+
+# -- (d) naive baseline ---------------------------------------------------------------------
+
+
+async def measure_naive(db: Database, rows: list[tuple[Any, ...]]) -> float:
+    """Rows/s of one autocommitted INSERT per row on one connection."""
+    await _truncate(db)
+    placeholders = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
+    sql = (
+        f"INSERT INTO mdp.quotes ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
+        "ON CONFLICT DO NOTHING"
+    )
+    async with db.pool.acquire() as conn:
+        start = time.perf_counter()
+        for row in rows:
+            await conn.execute(sql, *row)
+        elapsed = time.perf_counter() - start
+    await _check(db, len(rows))
+    return len(rows) / elapsed
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def bench_database() -> AsyncIterator[Database]:
+    """A migrated, empty database used only by the benchmark (removed afterwards)."""
+    secret = get_settings().pg_dsn
+    if secret is not None:
+        admin_dsn = secret.get_secret_value()
+        name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
+            try:
+                async with Database.connect(dsn, max_size=max(PARALLEL) + 1) as db:
+                    yield db
+            finally:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="mdp-bench-") as home:
+        server = EmbeddedServer(Path(home) / "pg")
+        try:
+            async with Database.connect(home=home, max_size=max(PARALLEL) + 1) as db:
+                yield db
+        finally:
+            server.destroy()
+
+
+def _conversion_ns(quotes: list[Quote], batch_size: int = 5000) -> float:
+    """Best-of-3 cost of ``QuotesSink.rows`` per record, in batches (GC enabled, as live)."""
+    batches = _chunks(quotes, batch_size)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for batch in batches:
+            QuotesSink.rows(batch)
+        best = min(best, time.perf_counter() - start)
+    return best / len(quotes) * 1e9
+
+
+async def _best(repeats: int, measure: Any, *args: Any) -> float:
+    return max([await measure(*args) for _ in range(repeats)])
+
+
+async def run_async(quick: bool = False) -> dict[str, Any]:
+    n = 50_000 if quick else 200_000
+    n_naive = 2_000 if quick else 5_000
+    repeats = 1 if quick else 2
+    quotes = build_quotes(n)
+    rows = QuotesSink.rows(quotes)
+    convert_ns = _conversion_ns(quotes)
+
+    async with bench_database() as db:
+        await QuotesSink(db).write(quotes[:10])  # create the day's partition, warm the pool
+
+        raw: list[dict[str, Any]] = []
+        for batch_size in BATCH_SIZES:
+            for connections in PARALLEL:
+                rate = await _best(repeats, measure_raw, db, rows, batch_size, connections)
+                raw.append(
+                    {"batch_size": batch_size, "connections": connections, "rows_per_s": rate}
+                )
+        best = max(raw, key=lambda r: r["rows_per_s"])
+        best_batch = best["batch_size"]
+        raw_at = {(r["batch_size"], r["connections"]): r["rows_per_s"] for r in raw}
+
+        # (b) interleaved with (a) at the same batch size and parallelism, so that load from
+        # elsewhere on the machine hits both alike; the raw figures join the sweep's.
+        sink: list[dict[str, Any]] = []
+        for writers in PARALLEL:
+            raw_rate = sink_rate = 0.0
+            for _ in range(repeats + 1):
+                raw_rate = max(raw_rate, await measure_raw(db, rows, best_batch, writers))
+                sink_rate = max(sink_rate, await measure_sink(db, quotes, best_batch, writers))
+            raw_at[(best_batch, writers)] = max(raw_at[(best_batch, writers)], raw_rate)
+            sink.append(
+                {
+                    "batch_size": best_batch,
+                    "writers": writers,
+                    "rows_per_s": sink_rate,
+                    "raw_same_rows_per_s": raw_rate,
+                    "ratio_to_raw_same": sink_rate / raw_rate,
+                }
+            )
+        for entry in raw:
+            entry["rows_per_s"] = raw_at[(entry["batch_size"], entry["connections"])]
+        best = max(raw, key=lambda r: r["rows_per_s"])
+
+        # (c) interleaved with (a) the same way as (b).
+        coordinator: list[dict[str, Any]] = []
+        for workers in PARALLEL:
+            raw_rate = coord_rate = 0.0
+            for _ in range(repeats + 1):
+                rate_or_none = await measure_coordinator(db, quotes, best_batch, workers)
+                if rate_or_none is None:
+                    break
+                raw_rate = max(raw_rate, await measure_raw(db, rows, best_batch, workers))
+                coord_rate = max(coord_rate, rate_or_none)
+            if coord_rate:
+                coordinator.append(
+                    {
+                        "batch_size": best_batch,
+                        "workers": workers,
+                        "rows_per_s": coord_rate,
+                        "raw_same_rows_per_s": raw_rate,
+                        "ratio_to_raw_same": coord_rate / raw_rate,
+                    }
+                )
+
+        naive = await measure_naive(db, rows[:n_naive])
+        server_version = await db.pool.fetchval("SHOW server_version")
+        where = "MDP_PG_DSN" if db.embedded is None else "embedded"
+
+    limit = best["rows_per_s"]
+    for entry in (*raw, *sink, *coordinator):
+        entry["ratio_to_raw_best"] = entry["rows_per_s"] / limit
+    return {
+        "benchmark": "store",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "postgres": server_version,
+            "server": where,
+        },
+        "rows": n,
+        "repeats": repeats,
+        "record_to_tuple_ns_per_row": convert_ns,
+        "raw": raw,
+        "raw_best": best,
+        "sink": sink,
+        "coordinator": coordinator or None,
+        "naive": {"rows": n_naive, "rows_per_s": naive, "ratio_to_raw_best": naive / limit},
+    }
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run every measurement once (see the module docstring); return the results."""
+    return asyncio.run(run_async(quick))
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = [f"{'path':<34} {'batch':>6} {'par':>4} {'rows/s':>10} {'x raw best':>10}"]
+
+    def line(path: str, batch: object, par: object, rate: float, ratio: float) -> None:
+        lines.append(f"{path:<34} {batch!s:>6} {par!s:>4} {rate:>10,.0f} {ratio:>10.2f}")
+
+    for r in result["raw"]:
+        mark = " *" if r is result["raw_best"] or r == result["raw_best"] else ""
+        line(
+            f"(a) raw COPY+upsert{mark}",
+            r["batch_size"],
+            r["connections"],
+            r["rows_per_s"],
+            r["ratio_to_raw_best"],
+        )
+    for s in result["sink"]:
+        line(
+            f"(b) QuotesSink.write ({s['ratio_to_raw_same']:.2f} x same)",
+            s["batch_size"],
+            s["writers"],
+            s["rows_per_s"],
+            s["ratio_to_raw_best"],
+        )
+    if result["coordinator"]:
+        for c in result["coordinator"]:
+            line(
+                f"(c) WriteCoordinator ({c['ratio_to_raw_same']:.2f} x same)",
+                c["batch_size"],
+                c["workers"],
+                c["rows_per_s"],
+                c["ratio_to_raw_best"],
+            )
+    else:
+        lines.append("(c) WriteCoordinator: skipped (hook measure_coordinator not filled in)")
+    d = result["naive"]
+    line("(d) naive row-at-a-time INSERT", 1, 1, d["rows_per_s"], d["ratio_to_raw_best"])
+    lines.append(
+        f"rows {result['rows']:,} (naive {d['rows']:,}), best of {result['repeats']}; "
+        f"record->tuple {result['record_to_tuple_ns_per_row']:.0f} ns/row; "
+        f"PostgreSQL {result['machine']['postgres']} ({result['machine']['server']}), "
+        f"{result['machine']['cpus']} CPUs; par = connections (a) / writers (b, c)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rows, one repetition")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick)
+    print(_table(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
