@@ -17,12 +17,13 @@ import operator
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+import asyncpg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -42,9 +43,7 @@ from mdp_core.providers.base import normalize_symbols
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.runtime import RuntimeOrchestrator
 from mdp_core.settings import IBKRSettings
-
-if TYPE_CHECKING:
-    from mdp_core.store.database import Database
+from mdp_core.store.database import Database, DatabaseError, LockHeldError
 
 __all__ = [
     "CoordinatorTuning",
@@ -237,7 +236,9 @@ class Pipeline:
     Guarantees:
     - one writer per stream: the run holds the PostgreSQL advisory lock
       ``mdp:stream:<name>`` (``single_writer=True``), else it fails at once with
-      ``LockHeldError``;
+      ``LockHeldError``. If the lock's connection is lost (the database restarted), the
+      stream keeps going and re-acquires the lock; if another writer got it meanwhile, the
+      stream stops, drains and fails with ``LockHeldError``;
     - stopping (``request_stop()``, ``max_seconds`` or the provider ending) stops the
       provider, delivers what the channel holds, and drains the coordinator: every emitted
       record ends committed, dead-lettered (durably) or counted as dropped;
@@ -260,6 +261,7 @@ class Pipeline:
         heartbeat_interval: float = 15.0,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 30.0,
+        lock_check_interval: float = 2.0,
     ) -> None:
         self.spec = spec
         self.db = db
@@ -271,6 +273,10 @@ class Pipeline:
         self.heartbeat_interval = heartbeat_interval
         self.on_progress = on_progress
         self.progress_interval = progress_interval
+        self.lock_check_interval = lock_check_interval
+        self._lock_key = f"mdp:stream:{spec.name}"
+        self._locks: list[AbstractAsyncContextManager[asyncpg.Connection]] = []
+        self._lock_conn: asyncpg.Connection | None = None
         self._stop = asyncio.Event()
         self._state: State = "new"
         self._started: float | None = None
@@ -296,11 +302,9 @@ class Pipeline:
         self._started, self._started_at = time.monotonic(), datetime.now(UTC)
         background: list[asyncio.Task[None]] = []
         try:
+            if self.single_writer:
+                await self._acquire_lock()
             async with AsyncExitStack() as stack:
-                if self.single_writer:
-                    await stack.enter_async_context(
-                        self.db.advisory_lock(f"mdp:stream:{spec.name}")
-                    )
                 await stack.enter_async_context(self._coordinator)
                 self._runtime = runtime = RuntimeOrchestrator(registry=self.registry)
                 stack.push_async_callback(runtime.stop)
@@ -314,6 +318,10 @@ class Pipeline:
                     asyncio.create_task(self._every(self.heartbeat_interval, self._heartbeat)),
                     asyncio.create_task(self._every(self.progress_interval, self._progress)),
                 ]
+                if self.single_writer:
+                    background.append(
+                        asyncio.create_task(self._every(self.lock_check_interval, self.check_lock))
+                    )
                 consume = asyncio.create_task(self._consume(self._channel, self._coordinator))
                 stop = asyncio.create_task(self._stop.wait())
                 done, _ = await asyncio.wait(
@@ -328,7 +336,7 @@ class Pipeline:
                     await consume
                 except Exception as exc:  # the provider's failure, raised after the drain
                     self._error = exc
-                # leaving the stack drains the coordinator, then releases the lock
+                # leaving the stack drains the coordinator
         except BaseException as exc:
             self._error = self._error or exc
             raise
@@ -336,6 +344,7 @@ class Pipeline:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self._release_locks()
             self._state = "failed" if self._error is not None else "finished"
             self._final = self.snapshot()
             await self._heartbeat()
@@ -344,6 +353,45 @@ class Pipeline:
         if self._error is not None:
             raise self._error
         return self._final
+
+    # -- the single-writer lock --------------------------------------------------------------
+
+    async def _acquire_lock(self) -> None:
+        lock = self.db.advisory_lock(self._lock_key)
+        self._lock_conn = await lock.__aenter__()
+        self._locks.append(lock)
+
+    @property
+    def holds_lock(self) -> bool:
+        """Whether the single-writer lock is currently held (its connection is alive)."""
+        return self._lock_conn is not None and not self._lock_conn.is_closed()
+
+    async def check_lock(self) -> None:
+        """Re-acquire the lock if its connection died; stop if another writer holds it.
+
+        Runs every ``lock_check_interval`` seconds while the pipeline runs."""
+        if self._lock_conn is None or not self._lock_conn.is_closed():
+            return
+        logger.warning("stream {}: single-writer lock lost with its connection", self.spec.name)
+        try:
+            await self._acquire_lock()
+        except LockHeldError as exc:
+            logger.error("stream {}: another writer holds the lock; stopping", self.spec.name)
+            self._error = exc
+            self.request_stop()
+            self._lock_conn = None
+        except DatabaseError as exc:
+            logger.warning("stream {}: lock not re-acquired yet: {}", self.spec.name, exc)
+        else:
+            logger.info("stream {}: single-writer lock re-acquired", self.spec.name)
+
+    async def _release_locks(self) -> None:
+        while self._locks:
+            lock = self._locks.pop()
+            try:
+                await lock.__aexit__(None, None, None)
+            except Exception as exc:  # a dead connection: the lock is gone anyway
+                logger.debug("stream {}: releasing lock: {}", self.spec.name, exc)
 
     def _new_coordinator(self) -> WriteCoordinator[Record]:
         from mdp_core.store.sinks import BarsSink, QuotesSink

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,3 +188,64 @@ def test_malformed_streams_file_names_entry_and_field(
 ) -> None:
     with pytest.raises(StreamsConfigError, match=message):
         load_streams(write(tmp_path, text))
+
+
+@pytest.fixture
+def own_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A dedicated embedded server these tests may kill and restart."""
+    from mdp_core.store.embedded import EmbeddedServer
+
+    root = Path(tempfile.mkdtemp(prefix="mdp-lock-"))
+    server = EmbeddedServer(root / "pg")
+    server.start()
+    yield server
+    server.destroy()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_lock_is_reacquired_after_a_database_restart(own_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async with Database.connect(own_server.dsn()) as db:
+        pipeline = Pipeline(
+            synthetic_spec("relock"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=0.1
+        )
+        run = asyncio.create_task(pipeline.run())
+        await wait_until(lambda: pipeline.snapshot().coordinator.committed > 0)
+        assert pipeline.holds_lock
+        own_server.stop("immediate")
+        await wait_until(lambda: not pipeline.holds_lock)
+        own_server.start()
+        await wait_until(lambda: pipeline.holds_lock)  # re-acquired by the watcher
+        with pytest.raises(LockHeldError):
+            await Pipeline(synthetic_spec("relock"), db).run(max_seconds=1)
+        pipeline.request_stop()
+        stats = await asyncio.wait_for(run, 60)
+        assert stats.balanced
+        spooled = DeadLetterQueue(tmp_path).count()
+        assert await row_count(db, "quotes") + spooled == stats.emitted
+
+
+async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    async with Database.connect(own_server.dsn()) as db:
+        first = Pipeline(
+            synthetic_spec("taken"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=3600
+        )
+        run = asyncio.create_task(first.run())
+        await wait_until(lambda: first.snapshot().coordinator.committed > 0)
+        own_server.stop("immediate")
+        await wait_until(lambda: not first.holds_lock)
+        own_server.start()
+        second = Pipeline(synthetic_spec("taken"), db, dlq=DeadLetterQueue(tmp_path / "2"))
+        second_run = asyncio.create_task(second.run())
+        await wait_until(lambda: second.holds_lock)
+        await first.check_lock()  # finds the lock taken: stops and drains
+        with pytest.raises(LockHeldError):
+            await asyncio.wait_for(run, 60)
+        assert first.snapshot().balanced
+        second.request_stop()
+        assert (await asyncio.wait_for(second_run, 60)).balanced
