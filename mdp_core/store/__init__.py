@@ -14,11 +14,14 @@ _WHERE = {
     "QuotesSink": "mdp_core.store.sinks",
     "BarsSink": "mdp_core.store.sinks",
     "EmbeddedServer": "mdp_core.store.embedded",
+    "rollup_bars": "mdp_core.store.rollups",
+    "fetch_bars": "mdp_core.store.rollups",
 }
 
 if TYPE_CHECKING:
     from mdp_core.store.database import Database, DatabaseError, LockHeldError
     from mdp_core.store.embedded import EmbeddedServer
+    from mdp_core.store.rollups import fetch_bars, rollup_bars
     from mdp_core.store.sinks import BarsSink, QuotesSink
 
 

@@ -33,11 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ROLLUP_SOURCE_PREFIX",
+    "Mismatch",
     "RollupResult",
     "SymbolSummary",
     "align_range",
     "fetch_bars",
     "rollup_bars",
+    "rollup_mismatches",
     "summarize_bars",
     "windows_with_bars",
 ]
@@ -46,8 +48,9 @@ __all__ = [
 ROLLUP_SOURCE_PREFIX = "rollup:"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# $1 window length, $2 source resolution, $3 start, $4 end, $5 target resolution.
-_ROLLUP_SQL = """
+# The windows' bars computed from the source bars (no write). Shared by the rollup and the
+# consistency check. $1 window length, $2 source resolution, $3 start, $4 end.
+_AGG_CTE = """
 WITH src AS (
     SELECT symbol,
            date_bin($1::interval, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
@@ -68,7 +71,12 @@ WITH src AS (
            'rollup:' || min(source) AS source
     FROM src
     GROUP BY symbol, bucket
-), written AS (
+)"""
+
+# $5 target resolution. (Concatenating two code constants: no outside text in the SQL.)
+_ROLLUP_SQL = (
+    _AGG_CTE  # noqa: S608
+    + """, written AS (
     INSERT INTO mdp.bars AS b
         (symbol, resolution, ts, open, high, low, close, volume, vwap, trade_count, source)
     SELECT symbol, $5, ts, open, high, low, close, volume, vwap, trade_count, source
@@ -97,6 +105,37 @@ SELECT count(*) AS bars,
        max(ts) AS last_ts
 FROM agg
 """
+)
+
+# Rollup rows that differ from their source bars (stale: a source bar arrived or changed
+# after the rollup; orphan: the source bars are gone), and source windows missing a rollup
+# row while the same window has rollup rows for other symbols (rolled up before this
+# symbol's bars arrived). $5 target resolution, $6 max rows returned.
+_MISMATCH_SQL = (
+    _AGG_CTE  # noqa: S608
+    + """, stored AS (
+    SELECT symbol, ts, open, high, low, close, volume
+    FROM mdp.bars
+    WHERE resolution = $5 AND ts >= $3 AND ts < $4 AND starts_with(source, 'rollup:')
+), found AS (
+    SELECT s.symbol, s.ts, CASE WHEN a.symbol IS NULL THEN 'orphan' ELSE 'stale' END AS kind
+    FROM stored s LEFT JOIN agg a ON a.symbol = s.symbol AND a.ts = s.ts
+    WHERE a.symbol IS NULL
+       OR (s.open, s.high, s.low, s.close) IS DISTINCT FROM (a.open, a.high, a.low, a.close)
+       OR abs(s.volume - a.volume) > 1e-9 * greatest(abs(a.volume), 1.0)
+    UNION ALL
+    SELECT a.symbol, a.ts, 'missing'
+    FROM agg a
+    WHERE NOT EXISTS (SELECT 1 FROM mdp.bars b
+                      WHERE b.resolution = $5 AND b.symbol = a.symbol AND b.ts = a.ts)
+      AND EXISTS (SELECT 1 FROM stored s WHERE s.ts = a.ts)
+)
+SELECT symbol, ts, kind, count(*) OVER () AS total
+FROM found
+ORDER BY ts, symbol
+LIMIT $6
+"""
+)
 
 _FETCH_SQL = """
 SELECT symbol, ts, open, high, low, close, volume, resolution, vwap, trade_count, source
@@ -150,6 +189,17 @@ class RollupResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Mismatch:
+    """A rollup row that does not match its source bars (``kind``: ``stale`` = values
+    differ, ``orphan`` = no source bars left, ``missing`` = source bars but no rollup row
+    while other symbols have one for that window)."""
+
+    symbol: str
+    ts: datetime
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class SymbolSummary:
     """One symbol's bars over a range: OHLCV of the whole range and its latest closes."""
 
@@ -178,7 +228,8 @@ def align_range(resolution: str, start: datetime, end: datetime) -> tuple[dateti
     start, end = _aware("start", start), _aware("end", end)
     if end < start:
         raise ValueError(
-            f"range end {end.isoformat()} is before start {start.isoformat()}: expected start <= end"
+            f"range end {end.isoformat()} is before start {start.isoformat()}: "
+            "expected start <= end"
         )
     step = resolution_seconds(resolution)
     floor = (start - _EPOCH) // timedelta(seconds=step)
@@ -316,5 +367,35 @@ async def windows_with_bars(
     if not starts:
         return []
     async with db.pool.acquire() as conn:
-        rows = await conn.fetch(_PROBE_SQL, [_aware("start", s) for s in starts], resolution, length)
+        starts = [_aware("start", s) for s in starts]
+        rows = await conn.fetch(_PROBE_SQL, starts, resolution, length)
     return [r["start"] for r in rows]
+
+
+async def rollup_mismatches(
+    db: Database,
+    resolution: str,
+    start: datetime,
+    end: datetime,
+    *,
+    source_resolution: str = "5s",
+    limit: int = 100,
+) -> tuple[int, list[Mismatch]]:
+    """Compare the ``resolution`` rollup rows of the windows overlapping ``[start, end)``
+    with what ``rollup_bars`` would compute now (read-only). Returns the number of
+    mismatches and the first ``limit`` of them, oldest first. Open, high, low and close must
+    be equal; volume equal within a relative 1e-9 (sums)."""
+    target, source = _check_resolutions(resolution, source_resolution)
+    start, end = align_range(target, start, end)
+    async with db.pool.acquire() as conn:
+        rows = await conn.fetch(
+            _MISMATCH_SQL,
+            timedelta(seconds=resolution_seconds(target)),
+            source,
+            start,
+            end,
+            target,
+            limit,
+        )
+    total = int(rows[0]["total"]) if rows else 0
+    return total, [Mismatch(r["symbol"], r["ts"], r["kind"]) for r in rows]
