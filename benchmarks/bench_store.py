@@ -1,6 +1,6 @@
 """Write throughput into ``mdp.quotes``: the raw COPY limit against the sink (and coordinator).
 
-    python -m benchmarks.bench_store            # 200k rows, best of 2 per configuration
+    python -m benchmarks.bench_store            # 200k rows, median of 3 per configuration
     python -m benchmarks.bench_store --quick    # 50k rows, 1 repetition
 
 Everything runs in one process on the same prebuilt rows and the same table, truncated
@@ -19,35 +19,36 @@ before every measurement, on a dedicated embedded server in a temporary director
 (d) naive baseline: one autocommitted ``INSERT ... ON CONFLICT DO NOTHING`` per row (fewer
     rows: it is slow).
 
-Prints rows/s, each as a ratio of the best (a), and writes ``benchmarks/results/store.json``.
+Every figure is the median of the repetitions (the raw figure at a configuration: of every
+raw measurement there, sweep and interleaved). Prints rows/s, each as a ratio of the best
+(a), and writes ``benchmarks/results/store.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from benchmarks.common import (
+    bench_database,
+    machine,
+    median,
+    quiet_logging,
+    server_version,
+    write_json,
+)
 from mdp_core.models import Quote
-from mdp_core.settings import get_settings
 from mdp_core.store.database import STAGE_DDL, STAGE_TABLES, Database
-from mdp_core.store.embedded import EmbeddedServer
 from mdp_core.store.sinks import QuotesSink
 
-RESULTS = Path(__file__).resolve().parent / "results" / "store.json"
 BATCH_SIZES = (1000, 2000, 5000, 10000)
 PARALLEL = (1, 2, 4)
 SYMBOLS = 100
@@ -199,34 +200,6 @@ async def measure_naive(db: Database, rows: list[tuple[Any, ...]]) -> float:
 # -- the run --------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def bench_database() -> AsyncIterator[Database]:
-    """A migrated, empty database used only by the benchmark (removed afterwards)."""
-    secret = get_settings().pg_dsn
-    if secret is not None:
-        admin_dsn = secret.get_secret_value()
-        name = f"mdp_bench_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-            dsn = urlunsplit(urlsplit(admin_dsn)._replace(path=f"/{name}"))
-            try:
-                async with Database.connect(dsn, max_size=max(PARALLEL) + 1) as db:
-                    yield db
-            finally:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        return
-    with tempfile.TemporaryDirectory(prefix="mdp-bench-") as home:
-        server = EmbeddedServer(Path(home) / "pg")
-        try:
-            async with Database.connect(home=home, max_size=max(PARALLEL) + 1) as db:
-                yield db
-        finally:
-            server.destroy()
-
-
 def _conversion_ns(quotes: list[Quote], batch_size: int = 5000) -> float:
     """Best-of-3 cost of ``QuotesSink.rows`` per record, in batches (GC enabled, as live)."""
     batches = _chunks(quotes, batch_size)
@@ -239,78 +212,84 @@ def _conversion_ns(quotes: list[Quote], batch_size: int = 5000) -> float:
     return best / len(quotes) * 1e9
 
 
-async def _best(repeats: int, measure: Any, *args: Any) -> float:
-    return max([await measure(*args) for _ in range(repeats)])
-
-
 async def run_async(quick: bool = False) -> dict[str, Any]:
     n = 50_000 if quick else 200_000
     n_naive = 2_000 if quick else 5_000
-    repeats = 1 if quick else 2
+    repeats = 1 if quick else 3
+    host = machine()  # the load average at the start
     quotes = build_quotes(n)
     rows = QuotesSink.rows(quotes)
     convert_ns = _conversion_ns(quotes)
 
-    async with bench_database() as db:
+    async with bench_database(max_size=max(PARALLEL) + 1) as db:
         await QuotesSink(db).write(quotes[:10])  # create the day's partition, warm the pool
 
-        raw: list[dict[str, Any]] = []
+        # Every raw measurement per (batch size, connections): sweep and interleaved runs.
+        raw_runs: defaultdict[tuple[int, int], list[float]] = defaultdict(list)
         for batch_size in BATCH_SIZES:
             for connections in PARALLEL:
-                rate = await _best(repeats, measure_raw, db, rows, batch_size, connections)
-                raw.append(
-                    {"batch_size": batch_size, "connections": connections, "rows_per_s": rate}
-                )
-        best = max(raw, key=lambda r: r["rows_per_s"])
-        best_batch = best["batch_size"]
-        raw_at = {(r["batch_size"], r["connections"]): r["rows_per_s"] for r in raw}
+                for _ in range(repeats):
+                    rate = await measure_raw(db, rows, batch_size, connections)
+                    raw_runs[batch_size, connections].append(rate)
+        best_batch = max(raw_runs, key=lambda k: median(raw_runs[k]))[0]
 
         # (b) interleaved with (a) at the same batch size and parallelism, so that load from
         # elsewhere on the machine hits both alike; the raw figures join the sweep's.
         sink: list[dict[str, Any]] = []
         for writers in PARALLEL:
-            raw_rate = sink_rate = 0.0
-            for _ in range(repeats + 1):
-                raw_rate = max(raw_rate, await measure_raw(db, rows, best_batch, writers))
-                sink_rate = max(sink_rate, await measure_sink(db, quotes, best_batch, writers))
-            raw_at[(best_batch, writers)] = max(raw_at[(best_batch, writers)], raw_rate)
+            raw_rates, sink_rates = [], []
+            for _ in range(repeats):
+                raw_rates.append(await measure_raw(db, rows, best_batch, writers))
+                sink_rates.append(await measure_sink(db, quotes, best_batch, writers))
+            raw_runs[best_batch, writers].extend(raw_rates)
             sink.append(
                 {
                     "batch_size": best_batch,
                     "writers": writers,
-                    "rows_per_s": sink_rate,
-                    "raw_same_rows_per_s": raw_rate,
-                    "ratio_to_raw_same": sink_rate / raw_rate,
+                    "rows_per_s": median(sink_rates),
+                    "raw_same_rows_per_s": median(raw_rates),
+                    "ratio_to_raw_same": median(sink_rates) / median(raw_rates),
+                    "runs_rows_per_s": sink_rates,
                 }
             )
-        for entry in raw:
-            entry["rows_per_s"] = raw_at[(entry["batch_size"], entry["connections"])]
-        best = max(raw, key=lambda r: r["rows_per_s"])
 
         # (c) interleaved with (a) the same way as (b).
         coordinator: list[dict[str, Any]] = []
         for workers in PARALLEL:
-            raw_rate = coord_rate = 0.0
-            for _ in range(repeats + 1):
+            raw_rates, coord_rates = [], []
+            for _ in range(repeats):
                 rate_or_none = await measure_coordinator(db, quotes, best_batch, workers)
                 if rate_or_none is None:
                     break
-                raw_rate = max(raw_rate, await measure_raw(db, rows, best_batch, workers))
-                coord_rate = max(coord_rate, rate_or_none)
-            if coord_rate:
+                raw_rates.append(await measure_raw(db, rows, best_batch, workers))
+                coord_rates.append(rate_or_none)
+            if coord_rates:
+                raw_runs[best_batch, workers].extend(raw_rates)
                 coordinator.append(
                     {
                         "batch_size": best_batch,
                         "workers": workers,
-                        "rows_per_s": coord_rate,
-                        "raw_same_rows_per_s": raw_rate,
-                        "ratio_to_raw_same": coord_rate / raw_rate,
+                        "rows_per_s": median(coord_rates),
+                        "raw_same_rows_per_s": median(raw_rates),
+                        "ratio_to_raw_same": median(coord_rates) / median(raw_rates),
+                        "runs_rows_per_s": coord_rates,
                     }
                 )
 
         naive = await measure_naive(db, rows[:n_naive])
-        server_version = await db.pool.fetchval("SHOW server_version")
+        version = await server_version(db)
         where = "MDP_PG_DSN" if db.embedded is None else "embedded"
+
+    raw = [
+        {
+            "batch_size": batch_size,
+            "connections": connections,
+            "rows_per_s": median(runs),
+            "runs_rows_per_s": runs,
+        }
+        for (batch_size, connections), runs in raw_runs.items()
+    ]
+    best = max(raw, key=lambda r: r["rows_per_s"])
 
     limit = best["rows_per_s"]
     for entry in (*raw, *sink, *coordinator):
@@ -318,14 +297,10 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
     return {
         "benchmark": "store",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "postgres": server_version,
-            "server": where,
-        },
+        "machine": {**host, "postgres": version, "server": where},
         "rows": n,
         "repeats": repeats,
+        "statistic": "median",
         "record_to_tuple_ns_per_row": convert_ns,
         "raw": raw,
         "raw_best": best,
@@ -377,10 +352,10 @@ def _table(result: dict[str, Any]) -> str:
     d = result["naive"]
     line("(d) naive row-at-a-time INSERT", 1, 1, d["rows_per_s"], d["ratio_to_raw_best"])
     lines.append(
-        f"rows {result['rows']:,} (naive {d['rows']:,}), best of {result['repeats']}; "
+        f"rows {result['rows']:,} (naive {d['rows']:,}), median of {result['repeats']}; "
         f"record->tuple {result['record_to_tuple_ns_per_row']:.0f} ns/row; "
         f"PostgreSQL {result['machine']['postgres']} ({result['machine']['server']}), "
-        f"{result['machine']['cpus']} CPUs; par = connections (a) / writers (b, c)"
+        f"{result['machine']['cores']} CPUs; par = connections (a) / writers (b, c)"
     )
     return "\n".join(lines)
 
@@ -389,11 +364,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rows, one repetition")
     args = parser.parse_args(argv)
+    quiet_logging()
     result = run(quick=args.quick)
     print(_table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_json('store', result)}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BarsSink", "Database", "DatabaseError", "EmbeddedServer", "LockHeldError", "QuotesSink"]
+__all__ = [
+    "BarsSink",
+    "Database",
+    "DatabaseError",
+    "EmbeddedServer",
+    "LockHeldError",
+    "QuotesSink",
+    "fetch_bars",
+    "rollup_bars",
+]
 
 _WHERE = {
     "Database": "mdp_core.store.database",

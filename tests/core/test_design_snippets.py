@@ -5,7 +5,6 @@ default)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +22,7 @@ from mdp_core import (
     throttle,
 )
 from mdp_core.models import Record
-from mdp_core.providers.base import ProviderError
+from mdp_core.providers.ibkr import IBKRStreamSource
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -133,9 +132,8 @@ async def test_registry_snippet() -> None:
             ibkr_settings=IBKRSettings(host="127.0.0.1", port=7497, client_id=1),
         )
 
-    if importlib.util.find_spec("mdp_core.providers.ibkr") is None:
-        with pytest.raises(ProviderError, match=r"pip install 'mdp\[ibkr\]'"):
-            build_ibkr()
-    else:  # building does not connect; start() would
-        src = build_ibkr()
-        assert src.symbols == ["AAPL"] and src.mode == "quotes"
+    src = build_ibkr()  # building does not connect (nothing listens on 7497); start() would
+    assert isinstance(src, IBKRStreamSource) and src.name == "ibkr"
+    assert src.symbols == ["AAPL"] and src.mode == "quotes" and src.state == "new"
+    assert (src.host, src.port, src.client_id) == ("127.0.0.1", 7497, 1)
+    assert src.stats()["connects"] == 0
