@@ -1,0 +1,907 @@
+"""``IBKRStreamSource``: live quotes or 5-second bars from IB Gateway / TWS via ib_async.
+
+    async with IBKRStreamSource(["AAPL", "MSFT"], mode="bars") as src:
+        async for bar in src.stream():
+            ...
+
+What it does (the class docstring lists the knobs):
+
+- connects read-only (``fetchFields=StartupFetchNONE``), qualifies the symbols (unknown
+  ones are reported together, once; the rest stream), subscribes ``reqMktData`` (quotes) or
+  ``reqRealTimeBars`` (bars);
+- copies every update into an immutable ``Quote``/``Bar`` inside ib_async's synchronous
+  callbacks and offers it to an internal bounded ``Channel``; ``stream()`` reads it;
+- survives what IB does in real life (reliability.md T12): a dropped socket (reconnect with
+  jittered exponential backoff, re-qualify, resubscribe, backfill missed bars from history),
+  error 1101 (resubscribe on the same connection), a market-data farm blip 2103 -> 2104
+  (resubscribe bars), and silent data loss (a market-hours-aware staleness watchdog that
+  warns, then resubscribes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from mdp_core.channel import Channel, ChannelClosed, Overflow
+from mdp_core.logs import logger
+from mdp_core.models import Bar, Quote, Record, resolution_seconds
+from mdp_core.operators import OperatorStats, resample_bars
+from mdp_core.providers.base import ProviderError, ProviderSource
+from mdp_core.providers.ibkr.backoff import ReconnectBackoff
+from mdp_core.providers.ibkr.compat import IBLibrary, load_ib_library
+from mdp_core.providers.ibkr.connection import connect_ib
+from mdp_core.providers.ibkr.records import (
+    BAR_SECONDS,
+    SymbolState,
+    bar_from_history,
+    bar_from_realtime,
+)
+from mdp_core.providers.ibkr.watchdog import MarketOpen, StalenessWatchdog, load_market_hours
+from mdp_core.settings import IBKRSettings
+
+__all__ = ["IBKRIssue", "IBKRStreamSource"]
+
+State = Literal["new", "connecting", "streaming", "reconnecting", "stopped", "failed"]
+Sleep = Callable[[float], Awaitable[None]]
+
+WHAT_TO_SHOW = ("TRADES", "MIDPOINT", "BID", "ASK")
+_ONE_US = timedelta(microseconds=1)
+_INF = math.inf
+_BACKFILL_MARGIN = 60  # extra seconds asked for, so the request surely reaches the last bar
+_LOG_EVERY = 10.0  # seconds between repeated warnings (full channel, invalid records)
+# Notices that need no reaction: 200 (qualification reports it), 300 (cancelling a
+# subscription IB already dropped), 326 (connect_ib reports it), farm OK/inactive notices,
+# 10225 (ib_async resubscribes bars after a bust event itself).
+_QUIET_CODES = frozenset({200, 300, 326, 2104, 2106, 2107, 2108, 2119, 2158, 10225})
+# Codes IB (and ib_async) treat as warnings; the rest are errors.
+_WARNING_CODES = frozenset({105, 110, 165, 321, 329, 399, 404, 434, 492, 10167})
+
+
+@dataclass(frozen=True, slots=True)
+class IBKRIssue:
+    """An error or warning the source reported (kept in ``source.errors``)."""
+
+    at: datetime
+    code: int | None
+    message: str
+    symbols: tuple[str, ...] = ()
+
+
+class IBKRStreamSource(ProviderSource):
+    """Quotes or 5-second bars (resampled to ``bar_resolution``) from IB via ib_async.
+
+    Args:
+        symbols: up to ``ibkr_settings.max_lines`` symbols (one market-data line each);
+            more raise ``ValueError`` (split them over several streams and client ids).
+        mode: ``"quotes"`` (``reqMktData``) or ``"bars"`` (``reqRealTimeBars``).
+        bar_resolution: resolution of the bars ``stream()`` yields; a multiple of ``5s``
+            (IB's real-time bars); coarser ones are rolled up with ``resample_bars``.
+        ibkr_settings: host, port, client id, timeouts, backoff, watchdog (``MDP_IBKR_*``).
+        provider: an ``ib_async.IB`` to use (None: a new one). If it is already connected
+            it is used as is and left connected by ``stop()``.
+        graceful_cancel_timeout: seconds ``stop()`` may take to cancel and disconnect.
+        channel_capacity, channel_overflow: the internal channel between ib_async's
+            callbacks and ``stream()``. Callbacks cannot wait, so under ``"block"`` (the
+            default) a full channel *rejects* the record; rejections are counted in
+            ``stats()["rejected"]`` and logged, never silent. The large default capacity
+            (100 000 records) absorbs any consumer hiccup; ``"conflate"`` keeps only the
+            latest pending quote per symbol instead (no rejections; counted as conflated).
+        what_to_show: ``TRADES`` (default), ``MIDPOINT``, ``BID`` or ``ASK`` (bars).
+        use_rth: regular trading hours only (default ``ibkr_settings.use_rth``).
+        contract_factory: symbol -> ib_async contract (default ``Stock(symbol, "SMART",
+            "USD")``). Records keep the requested symbol.
+        generic_ticks: ``genericTickList`` of ``reqMktData``.
+        backfill: after a reconnect or resubscription (bars), fetch the missed 5-second
+            bars with ``reqHistoricalData``; ``max_backfill_seconds`` caps the gap asked for.
+        stale_after, resubscribe_after: watchdog thresholds in seconds of silence during
+            market hours (default ``ibkr_settings.stale_after`` and 4x that); ``market_open``
+            replaces the exchange calendar (``ibkr_settings.exchange_calendar``);
+            ``watchdog=False`` turns the watchdog off.
+        reconnect: reconnect after a lost connection (default True); ``rng`` and ``sleep``
+            make the backoff deterministic in tests.
+        read_chunk: feed ib_async's decoder at most this many bytes at a time (None: as
+            received). ib_async consumes its receive buffer by re-slicing ``bytes``, which is
+            quadratic in the size of one read, and a client that fell behind gets reads of
+            up to 256 KiB; chunking keeps it linear (``bench_ibkr``: a client behind its
+            gateway decodes 1.4-2x the messages/s with 8 KiB chunks).
+        source: the ``source`` field of the records.
+
+    Quotes: one ``Quote`` per ticker update, i.e. per TCP read touching that symbol
+    (ib_async's unit: it applies every tick of a read, then emits the ticker once). Its
+    values are the ticker's bid/ask/last and sizes after that read (IB's empty ``-1`` and
+    ``NaN`` become ``None``); an update that changed none of them (volume, timestamps) is
+    skipped. ``ts`` is ``ticker.time``: when the client received the data, in UTC (IB
+    sends no exchange time for quotes). Per symbol ``ts`` strictly increases (``+1 µs``
+    when two updates share a clock reading), so ``(symbol, ts)`` keys never collide.
+
+    Bars: ``ts`` is the bar start; ``open_``/``wap``/``count`` become ``open``/``vwap``/
+    ``trade_count``. Bars are emitted once per (symbol, start): anything at or before the
+    last emitted start is dropped as a duplicate (counted). After a reconnect the live bars
+    are held while the gap since each symbol's last bar is backfilled from history (only
+    complete bars older than the server time at the resubscription), then everything is
+    released in time order, so downstream windows see no late bars.
+    """
+
+    name = "ibkr"
+
+    def __init__(
+        self,
+        symbols: str | Iterable[str],
+        mode: str = "quotes",
+        bar_resolution: str = "5s",
+        ibkr_settings: IBKRSettings | None = None,
+        provider: Any = None,
+        graceful_cancel_timeout: float = 5.0,
+        *,
+        channel_capacity: int = 100_000,
+        channel_overflow: Overflow = "block",
+        what_to_show: str = "TRADES",
+        use_rth: bool | None = None,
+        contract_factory: Callable[[str], Any] | None = None,
+        generic_ticks: str = "",
+        backfill: bool = True,
+        max_backfill_seconds: int = 3600,
+        backfill_timeout: float = 30.0,
+        watchdog: bool = True,
+        stale_after: float | None = None,
+        resubscribe_after: float | None = None,
+        market_open: MarketOpen | None = None,
+        reconnect: bool = True,
+        rng: random.Random | None = None,
+        sleep: Sleep = asyncio.sleep,
+        read_chunk: int | None = 8192,
+        source: str = "ibkr",
+    ) -> None:
+        super().__init__(symbols, mode, bar_resolution)
+        settings = ibkr_settings if ibkr_settings is not None else IBKRSettings()
+        if len(self.symbols) > settings.max_lines:
+            raise ValueError(
+                f"{len(self.symbols)} symbols for one IB connection: the limit is "
+                f"{settings.max_lines} market-data lines per connection (MDP_IBKR_MAX_LINES); "
+                "split them over several streams, each with its own client id"
+            )
+        if self.resolution is not None and resolution_seconds(self.resolution) % BAR_SECONDS:
+            raise ValueError(
+                f"bar_resolution {bar_resolution!r} is not possible from IB's 5-second "
+                "real-time bars: expected a multiple of 5s (5s, 10s, 15s, 30s, 1m, ...)"
+            )
+        what = what_to_show.upper() if isinstance(what_to_show, str) else what_to_show
+        if what not in WHAT_TO_SHOW:
+            raise ValueError(
+                f"what_to_show {what_to_show!r} is invalid: expected one of "
+                f"{', '.join(WHAT_TO_SHOW)}"
+            )
+        if not graceful_cancel_timeout > 0:
+            raise ValueError(
+                f"graceful_cancel_timeout {graceful_cancel_timeout!r}: expected seconds > 0"
+            )
+        if read_chunk is not None and (not isinstance(read_chunk, int) or read_chunk < 64):
+            raise ValueError(f"read_chunk {read_chunk!r}: expected bytes >= 64, or None")
+        if not (isinstance(max_backfill_seconds, int) and max_backfill_seconds >= BAR_SECONDS):
+            raise ValueError(f"max_backfill_seconds {max_backfill_seconds!r}: expected an int >= 5")
+        Channel(channel_capacity, channel_overflow)  # validates both now, not at start()
+        self.lib: IBLibrary = load_ib_library()
+        self.settings = settings
+        self.graceful_cancel_timeout = float(graceful_cancel_timeout)
+        self.channel_capacity = channel_capacity
+        self.channel_overflow: Overflow = channel_overflow
+        self.what_to_show = what
+        self.use_rth = settings.use_rth if use_rth is None else bool(use_rth)
+        self.contract_factory = contract_factory or self._stock
+        self.generic_ticks = generic_ticks
+        self.backfill = backfill
+        self.max_backfill_seconds = max_backfill_seconds
+        self.backfill_timeout = backfill_timeout
+        self.reconnect = reconnect
+        self.read_chunk = read_chunk
+        self.source = source
+        stale = settings.stale_after if stale_after is None else float(stale_after)
+        self.stale_after = stale
+        self.resubscribe_after = 4 * stale if resubscribe_after is None else resubscribe_after
+        self._market_open = market_open
+        self._watchdog_enabled = watchdog
+        self._watchdog: StalenessWatchdog | None = None
+        # validate the thresholds now (the watchdog itself is built in start())
+        StalenessWatchdog(self.stale_after, self.resubscribe_after, lambda now: True)
+        self._backoff = ReconnectBackoff(
+            settings.reconnect_initial_backoff,
+            max(settings.reconnect_max_backoff, settings.reconnect_initial_backoff),
+            rng or random.Random(),
+        )
+        self._sleep = sleep
+        self._clock = time.monotonic
+
+        self._ib: Any = provider
+        self._owns_connection = True
+        self.host, self.port, self.client_id = settings.host, settings.port, settings.client_id
+        self.state: State = "new"
+        self.errors: deque[IBKRIssue] = deque(maxlen=200)
+        self.unknown_symbols: list[str] = []
+        self.backoff_delays: deque[float] = deque(maxlen=100)  # the delays actually waited
+        self._symbols = {symbol: SymbolState(symbol) for symbol in self.symbols}
+        self._by_subscription: dict[int, SymbolState] = {}  # id(Ticker or bar list) -> state
+        self._channel: Channel[Record] | None = None
+        self._resample_stats = OperatorStats()
+        self._counts: Counter[str] = Counter()
+        self._codes: Counter[int] = Counter()
+        self._holding = False  # live bars held while a backfill runs
+        self._farm_broken = False
+        self._stopping = False
+        self._disconnected = False
+        self._resubscribe: dict[str, str] = {}  # symbol -> reason, pending
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._splitter: tuple[Any, Any, Any] | None = None
+        self._warned_at: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, qualify and subscribe; then keep the stream alive in the background.
+
+        Raises ``ProviderError`` (connection refused, duplicate client id, no handshake, no
+        symbol qualified) after releasing everything it took."""
+        if self.state != "new":
+            raise ProviderError(f"{self!r} was already started: create a new source")
+        self.state = "connecting"
+        self._channel = Channel(self.channel_capacity, self.channel_overflow)
+        try:
+            ib = self._ib
+            if ib is None:
+                ib = self._ib = self.lib.IB()
+            self._attach(ib)
+            if ib.isConnected():  # a connection the caller made: use it, leave it open
+                self._owns_connection = False
+                client = ib.client
+                self.host, self.port, self.client_id = client.host, client.port, client.clientId
+            else:
+                await self._connect()
+            await self._subscribe(initial=True)
+            if self._watchdog_enabled:
+                market_open = self._market_open
+                if market_open is None:
+                    market_open = await load_market_hours(self.settings.exchange_calendar)
+                self._watchdog = StalenessWatchdog(
+                    self.stale_after, self.resubscribe_after, market_open
+                )
+                self._watchdog.rearm(self.symbols, self._clock())
+        except BaseException:
+            await self._teardown()
+            self.state = "failed"
+            raise
+        self.state = "streaming"
+        self._tasks = [
+            asyncio.create_task(self._supervise(), name=f"ibkr-supervisor-{self.client_id}"),
+        ]
+        if self._watchdog is not None:
+            self._tasks.append(
+                asyncio.create_task(self._watch(), name=f"ibkr-watchdog-{self.client_id}")
+            )
+
+    async def stop(self) -> None:
+        """Cancel the subscriptions and disconnect within ``graceful_cancel_timeout``;
+        ``stream()`` then ends once it has yielded what was received. Idempotent; a
+        reconnect waiting in its backoff is abandoned."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.graceful_cancel_timeout):
+                await self._teardown()
+        except TimeoutError:
+            logger.warning(
+                "ibkr: stopping took longer than {}s; abandoned", self.graceful_cancel_timeout
+            )
+        if self.state != "failed":
+            self.state = "stopped"
+        logger.info("ibkr: {} stopped ({})", self._where(), self._summary())
+
+    async def _teardown(self) -> None:
+        """Stop the background tasks, cancel subscriptions, disconnect (if ours), detach."""
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        try:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:  # synchronous from here: done even if stop()'s timeout cut the wait short
+            ib = self._ib
+            try:
+                if ib is not None and ib.isConnected():
+                    self._cancel_subscriptions(list(self._symbols.values()))
+                    if self._owns_connection:
+                        ib.disconnect()
+            finally:
+                if ib is not None:
+                    self._detach(ib)
+                if self._channel is not None:
+                    self._channel.close()
+
+    def _attach(self, ib: Any) -> None:
+        ib.errorEvent += self._on_error
+        ib.disconnectedEvent += self._on_disconnected
+        if self.mode == "quotes":
+            ib.pendingTickersEvent += self._on_tickers
+        else:
+            ib.barUpdateEvent += self._on_bar_update
+        self._install_read_splitter(ib)
+
+    def _detach(self, ib: Any) -> None:
+        ib.errorEvent -= self._on_error
+        ib.disconnectedEvent -= self._on_disconnected
+        if self.mode == "quotes":
+            ib.pendingTickersEvent -= self._on_tickers
+        else:
+            ib.barUpdateEvent -= self._on_bar_update
+        if self._splitter is not None:
+            conn, original, feed = self._splitter
+            self._splitter = None
+            conn.hasData -= feed
+            conn.hasData += original
+            conn.hasData._mdp_split = False
+
+    def _install_read_splitter(self, ib: Any) -> None:
+        """Route socket reads through ``feed``, which hands them over in ``read_chunk``
+        pieces (see the class docstring); skipped if ib_async's internals differ."""
+        size = self.read_chunk
+        client = getattr(ib, "client", None)
+        conn = getattr(client, "conn", None)
+        original = getattr(client, "_onSocketHasData", None)
+        has_data = getattr(conn, "hasData", None)
+        if size is None or original is None or has_data is None:
+            return
+        if getattr(has_data, "_mdp_split", False):
+            return  # another source on this IB already did it
+
+        def feed(data: bytes) -> None:
+            if len(data) <= size:
+                original(data)
+                return
+            view = memoryview(data)
+            for i in range(0, len(data), size):
+                original(bytes(view[i : i + size]))
+
+        has_data -= original
+        has_data += feed
+        has_data._mdp_split = True
+        self._splitter = (conn, original, feed)
+
+    # -- consuming ---------------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[Record]:
+        """The records until ``stop()``; raises ``ProviderError`` if the source failed.
+
+        One consumer at a time (records are handed out once)."""
+        if self._channel is None:
+            raise ProviderError("IBKRStreamSource.stream() called before start()")
+        records: AsyncIterator[Any] = self._channel.iter()
+        if self.mode == "bars" and self.resolution != "5s":
+            records = resample_bars(
+                records,
+                self.resolution or "5s",
+                on_late=self._on_late_bar,
+                stats=self._resample_stats,
+                source=self.source,
+            )
+        try:
+            async for record in records:
+                yield record
+        finally:
+            aclose = getattr(records, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _on_late_bar(self, bar: Bar) -> None:
+        self._counts["late_bars"] += 1
+        logger.warning("ibkr: late 5s bar {} {} left out of its window", bar.symbol, bar.ts)
+
+    # -- observing ---------------------------------------------------------------------
+
+    @property
+    def ib(self) -> Any:
+        """The ib_async ``IB`` in use (None before ``start()``), for diagnostics; changing its
+        subscriptions behind the source's back is not supported."""
+        return self._ib
+
+    def stale_symbols(self) -> list[str]:
+        """Symbols silent for ``stale_after`` seconds or more during market hours."""
+        return sorted(self._watchdog.stale) if self._watchdog is not None else []
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: connection events, resubscriptions, backfill, duplicates, staleness,
+        errors by IB code, records emitted / rejected / invalid, and the channel."""
+        c = self._counts
+        channel = self._channel.stats if self._channel is not None else None
+        resampling = self.mode == "bars" and self.resolution != "5s"
+        return {
+            "state": self.state,
+            "endpoint": self._where(),
+            "mode": self.mode,
+            "symbols": len(self.symbols),
+            "subscribed": sum(1 for s in self._symbols.values() if s.subscription is not None),
+            "unknown_symbols": list(self.unknown_symbols),
+            "connects": c["connects"],
+            "connect_failures": c["connect_failures"],
+            "disconnects": c["disconnects"],
+            "reconnects": c["reconnects"],
+            "resubscribes": c["resubscribes"],
+            "backfill_requests": c["backfill_requests"],
+            "backfill_failures": c["backfill_failures"],
+            "backfilled_bars": c["backfilled_bars"],
+            "duplicates_dropped": c["duplicates_dropped"],
+            "late_bars": c["late_bars"],
+            "stale": self._watchdog.stale_events if self._watchdog is not None else 0,
+            "stale_symbols": self.stale_symbols(),
+            "errors_by_code": dict(self._codes),
+            "messages_received": self._messages_received(),
+            "emitted": c["emitted"],
+            "rejected": c["rejected"],
+            "invalid": c["invalid"],
+            "channel": channel,
+            "resample": self._resample_stats.as_dict() if resampling else None,
+        }
+
+    def _messages_received(self) -> int:
+        """TWS API messages received on the current connection (0 when not connected)."""
+        try:
+            return int(self._ib.client.connectionStats().numMsgRecv)
+        except Exception:  # not connected (or no such statistic in this client version)
+            return 0
+
+    def _summary(self) -> str:
+        c = self._counts
+        return (
+            f"emitted {c['emitted']}, rejected {c['rejected']}, reconnects {c['reconnects']}, "
+            f"resubscribes {c['resubscribes']}, backfilled {c['backfilled_bars']}"
+        )
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.port} client {self.client_id}"
+
+    def _issue(self, code: int | None, message: str, symbols: Iterable[str] = ()) -> None:
+        self.errors.append(IBKRIssue(datetime.now(UTC), code, message, tuple(symbols)))
+
+    def _warn_rarely(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning at most every ``_LOG_EVERY`` seconds per ``key``."""
+        now = self._clock()
+        if now - self._warned_at.get(key, -_INF) >= _LOG_EVERY:
+            self._warned_at[key] = now
+            logger.warning(message, *args)
+
+    # -- connecting and subscribing ---------------------------------------------------------
+
+    @staticmethod
+    def _stock(symbol: str) -> Any:
+        return load_ib_library().Stock(symbol, "SMART", "USD")
+
+    async def _connect(self) -> None:
+        s = self.settings
+        self._disconnected = False
+        try:
+            await connect_ib(
+                self._ib, self.lib, host=self.host, port=self.port, client_id=self.client_id,
+                timeout=s.connect_timeout, readonly=s.readonly, account=s.account,
+            )  # fmt: skip
+        except ProviderError:
+            self._counts["connect_failures"] += 1
+            raise
+        self._counts["connects"] += 1
+        if s.market_data_type != 1:
+            self._ib.reqMarketDataType(s.market_data_type)
+        logger.info("ibkr: connected to {} ({})", self._where(), self.lib.name)
+
+    async def _qualify(self) -> list[SymbolState]:
+        """Qualify every symbol; report the unknown ones together; return the known ones."""
+        contracts = {symbol: self.contract_factory(symbol) for symbol in self.symbols}
+        timeout = 2 * self.settings.connect_timeout + len(contracts) / 40
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ib.qualifyContractsAsync(*contracts.values())
+        except TimeoutError:
+            raise ProviderError(
+                f"qualifying {len(contracts)} contract(s) at {self._where()} took longer "
+                f"than {timeout:.0f}s"
+            ) from None
+        known: list[SymbolState] = []
+        unknown: list[str] = []
+        for symbol, contract in contracts.items():
+            if getattr(contract, "conId", 0):
+                state = self._symbols[symbol]
+                state.contract = contract
+                known.append(state)
+            else:
+                unknown.append(symbol)
+        if unknown != self.unknown_symbols:
+            self.unknown_symbols = unknown
+            if unknown:
+                message = (
+                    f"{len(unknown)} unknown symbol(s) at {self._where()}: "
+                    f"{', '.join(unknown)} (IB error 200, no security definition, e.g. for "
+                    f"{contracts[unknown[0]]!r}); streaming the other {len(known)}: "
+                    f"{', '.join(s.symbol for s in known)}"
+                )
+                logger.error("ibkr: {}", message)
+                self._issue(200, message, unknown)
+        if not known:
+            raise ProviderError(
+                f"none of the symbols {', '.join(self.symbols)} is known at {self._where()} "
+                "(IB error 200, no security definition): check the symbols, or pass "
+                "contract_factory= for other exchanges, currencies or security types"
+            )
+        return known
+
+    async def _subscribe(self, initial: bool) -> None:
+        """Qualify and subscribe every symbol on the current connection (after a reconnect
+        the old subscriptions are dead: ib_async made new objects)."""
+        self._by_subscription.clear()
+        for state in self._symbols.values():
+            state.subscription = None
+        known = await self._qualify()
+        if self.mode == "quotes":
+            self._subscribe_quotes(known)
+        else:
+            await self._subscribe_bars(known, backfill=not initial)
+        if self._watchdog is not None:
+            self._watchdog.rearm([s.symbol for s in known], self._clock())
+
+    def _subscribe_quotes(self, states: list[SymbolState]) -> None:
+        ib = self._ib
+        for state in states:
+            ticker = ib.reqMktData(state.contract, self.generic_ticks, False, False, [])
+            state.subscription = ticker
+            self._by_subscription[id(ticker)] = state
+
+    async def _subscribe_bars(self, states: list[SymbolState], backfill: bool) -> None:
+        """Subscribe real-time bars; with ``backfill``, hold the live bars, fetch each gap
+        from history, then release both in time order (see the class docstring)."""
+        ib = self._ib
+        gaps = [s for s in states if s.last_ts is not None] if backfill and self.backfill else []
+        self._holding = bool(gaps)
+        backfilled: list[Bar] = []
+        try:
+            for state in states:
+                bars = ib.reqRealTimeBars(state.contract, BAR_SECONDS, self.what_to_show,
+                                          self.use_rth, [])  # fmt: skip
+                state.subscription = bars
+                self._by_subscription[id(bars)] = state
+            if not gaps:
+                return
+            # Server time once the subscriptions are sent: live bars cover every bar from the
+            # one in progress at this moment on; history fills the rest (complete bars only).
+            server_now = await ib.reqCurrentTimeAsync()
+            results = await asyncio.gather(
+                *(self._fetch_gap(s, server_now) for s in gaps), return_exceptions=True
+            )
+            for state, result in zip(gaps, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._counts["backfill_failures"] += 1
+                    message = f"backfill of {state.symbol} since {state.last_ts} failed: {result}"
+                    logger.warning("ibkr: {}", message)
+                    self._issue(None, message, [state.symbol])
+                else:
+                    backfilled.extend(result)
+        finally:
+            self._release_held(backfilled)
+
+    async def _fetch_gap(self, state: SymbolState, server_now: datetime) -> list[Bar]:
+        """Complete 5-second bars after ``state.last_ts`` that end by ``server_now``."""
+        assert state.last_ts is not None
+        complete_until = server_now - timedelta(seconds=BAR_SECONDS)  # last complete start
+        if complete_until <= state.last_ts:
+            return []
+        gap = (server_now - state.last_ts).total_seconds()
+        seconds = math.ceil(gap) + _BACKFILL_MARGIN
+        if seconds > self.max_backfill_seconds:
+            message = (
+                f"{state.symbol}: {gap:.0f}s of bars missed; backfilling only the last "
+                f"{self.max_backfill_seconds}s (max_backfill_seconds)"
+            )
+            logger.warning("ibkr: {}", message)
+            self._issue(None, message, [state.symbol])
+            seconds = self.max_backfill_seconds
+        self._counts["backfill_requests"] += 1
+        history = await self._ib.reqHistoricalDataAsync(
+            state.contract, endDateTime="", durationStr=f"{seconds} S",
+            barSizeSetting="5 secs", whatToShow=self.what_to_show, useRTH=self.use_rth,
+            formatDate=2, timeout=self.backfill_timeout,
+        )  # fmt: skip
+        bars = []
+        for item in history or ():
+            if not isinstance(item.date, datetime):
+                continue
+            bar = bar_from_history(state.symbol, item, self.source)
+            if state.last_ts < bar.ts <= complete_until:
+                bars.append(bar)
+        logger.info(
+            "ibkr: backfilled {} bar(s) of {} after {}", len(bars), state.symbol, state.last_ts
+        )
+        return bars
+
+    def _release_held(self, backfilled: list[Bar]) -> None:
+        """Emit the backfilled and the held live bars in time order (dropping duplicates)."""
+        merged: list[tuple[datetime, bool, Bar]] = [(b.ts, False, b) for b in backfilled]
+        for state in self._symbols.values():
+            merged.extend((b.ts, True, b) for b in state.held)
+            state.held = []
+        self._holding = False
+        merged.sort(key=lambda item: (item[0], item[1]))  # history first on equal times
+        for _, live, bar in merged:
+            if self._emit_bar(self._symbols[bar.symbol], bar) and not live:
+                self._counts["backfilled_bars"] += 1
+
+    def _cancel_subscriptions(self, states: list[SymbolState]) -> None:
+        ib = self._ib
+        for state in states:
+            sub, state.subscription = state.subscription, None
+            if sub is None:
+                continue
+            self._by_subscription.pop(id(sub), None)
+            try:
+                if self.mode == "quotes":
+                    ib.cancelMktData(state.contract)
+                else:
+                    ib.cancelRealTimeBars(sub)
+            except Exception as exc:  # the connection may be going away
+                logger.debug("ibkr: cancelling {} failed: {}", state.symbol, exc)
+
+    async def _resubscribe_now(self, reasons: dict[str, str]) -> None:
+        """Re-request the data of ``reasons``' symbols on the current connection."""
+        states = [
+            self._symbols[s] for s in reasons if self._symbols[s].contract is not None
+        ]  # fmt: skip
+        if not states or not self._ib.isConnected():
+            return
+        why = sorted(set(reasons.values()))
+        logger.warning(
+            "ibkr: resubscribing {} symbol(s) ({}): {}",
+            len(states), ", ".join(why), ",".join(s.symbol for s in states),
+        )  # fmt: skip
+        self._cancel_subscriptions(states)
+        self._counts["resubscribes"] += 1
+        if self.mode == "quotes":
+            self._subscribe_quotes(states)
+        else:
+            await self._subscribe_bars(states, backfill=True)
+
+    # -- keeping it alive -----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Reconnect after a disconnect; resubscribe when asked (1101, 2104, watchdog)."""
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                if self._disconnected:
+                    if not self.reconnect:
+                        raise ProviderError(f"connection to {self._where()} lost")
+                    await self._reconnect()
+                elif self._resubscribe:
+                    reasons, self._resubscribe = self._resubscribe, {}
+                    try:
+                        await self._resubscribe_now(reasons)
+                    except (ConnectionError, OSError) as exc:
+                        logger.warning("ibkr: resubscription interrupted: {}", exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    async def _reconnect(self) -> None:
+        """Back off, connect, re-qualify, resubscribe (and backfill); until done or stopped."""
+        self.state = "reconnecting"
+        attempt = 0
+        while not self._stopping:
+            attempt += 1
+            delay = self._backoff.delay(attempt)
+            self.backoff_delays.append(delay)
+            logger.info(
+                "ibkr: reconnecting to {} in {:.2f}s (attempt {})", self._where(), delay, attempt
+            )
+            await self._sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._connect()
+                await self._subscribe(initial=False)
+            except (ProviderError, ConnectionError, OSError, TimeoutError) as exc:
+                logger.warning("ibkr: reconnect attempt {} failed: {}", attempt, exc)
+                if self._ib.isConnected():
+                    self._ib.disconnect()
+                self._disconnected = True
+                continue
+            if self._disconnected or not self._ib.isConnected():
+                continue  # lost again while resubscribing
+            self._counts["reconnects"] += 1
+            self._resubscribe.clear()  # everything was just subscribed afresh
+            self.state = "streaming"
+            logger.info("ibkr: reconnected to {} after {} attempt(s)", self._where(), attempt)
+            return
+
+    def _fail(self, exc: Exception) -> None:
+        self.state = "failed"
+        error = exc if isinstance(exc, ProviderError) else ProviderError(
+            f"ibkr source at {self._where()} failed: {type(exc).__name__}: {exc}"
+        )  # fmt: skip
+        logger.error("ibkr: {}", error)
+        self._issue(None, str(error))
+        if self._channel is not None:
+            self._channel.close(error)
+
+    async def _watch(self) -> None:
+        """Check for silent symbols a few times per ``stale_after``."""
+        watchdog = self._watchdog
+        assert watchdog is not None
+        interval = max(0.05, min(1.0, self.stale_after / 4))
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            if self.state != "streaming" or self._holding:
+                continue
+            last = {s.symbol: s.updated for s in self._symbols.values() if s.subscription}
+            verdict = watchdog.check(last, self._clock())
+            if verdict.newly_stale:
+                message = (
+                    f"no data for {self.stale_after:g}s during market hours from "
+                    f"{', '.join(verdict.newly_stale)} ({self._where()}): stale"
+                )
+                logger.warning("ibkr: {}", message)
+                self._issue(None, message, verdict.newly_stale)
+            if verdict.recovered:
+                logger.info("ibkr: data flows again for {}", ", ".join(verdict.recovered))
+            if verdict.resubscribe:
+                self._request_resubscribe(verdict.resubscribe, "stale")
+
+    def _request_resubscribe(self, symbols: Iterable[str], reason: str) -> None:
+        for symbol in symbols:
+            self._resubscribe.setdefault(symbol, reason)
+        self._wake.set()
+
+    # -- ib_async callbacks (synchronous, on the event loop) ---------------------------------
+
+    def _on_disconnected(self) -> None:
+        if self._stopping or self._disconnected:
+            return
+        self._disconnected = True
+        if self.state == "streaming":
+            self._counts["disconnects"] += 1
+            logger.warning("ibkr: disconnected from {}", self._where())
+        self._wake.set()
+
+    def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
+        self._codes[code] += 1
+        if code == 1100:
+            logger.warning("ibkr: IB error 1100 at {}: {}", self._where(), message)
+            self._issue(code, message)
+        elif code == 1101:
+            logger.warning("ibkr: IB error 1101 (data lost) at {}: resubscribing", self._where())
+            self._request_resubscribe(self._symbols, "1101")
+        elif code == 1102:
+            logger.info("ibkr: IB connectivity restored, data maintained (1102)")
+        elif code == 2103:
+            self._farm_broken = True
+            logger.warning("ibkr: market data farm broken (2103): {}", message)
+        elif code == 2104 and self._farm_broken:
+            self._farm_broken = False
+            if self.mode == "bars":
+                self._request_resubscribe(self._symbols, "2104 after 2103")
+        elif code in _QUIET_CODES:
+            logger.debug("ibkr: IB notice {}: {}", code, message)
+        else:
+            symbol = getattr(contract, "symbol", None) or self._symbol_of(req_id)
+            symbols = [symbol] if symbol else []
+            where = f" for {symbol}" if symbol else ""
+            level = "WARNING" if code in _WARNING_CODES or 2100 <= code < 2200 else "ERROR"
+            logger.log(level, "ibkr: IB {} {}{} at {}: {}", level.lower(), code, where,
+                       self._where(), message)  # fmt: skip
+            self._issue(code, message, symbols)
+
+    def _symbol_of(self, req_id: int) -> str | None:
+        if req_id is None or req_id < 0:
+            return None
+        wrapper = getattr(self._ib, "wrapper", None)
+        ticker = getattr(wrapper, "reqId2Ticker", {}).get(req_id)
+        sub = ticker if ticker is not None else getattr(wrapper, "reqId2Subscriber", {}).get(req_id)
+        state = self._by_subscription.get(id(sub)) if sub is not None else None
+        return state.symbol if state is not None else None
+
+    def _on_tickers(self, tickers: Iterable[Any]) -> None:
+        """One Quote per updated ticker (hot path: runs for every TCP read)."""
+        by_sub = self._by_subscription
+        now = self._clock()
+        source = self.source
+        for ticker in tickers:
+            state = by_sub.get(id(ticker))
+            if state is None:
+                continue  # someone else's ticker on a shared IB
+            state.updated = now
+            b, a, lp = ticker.bid, ticker.ask, ticker.last
+            bs, az, ls = ticker.bidSize, ticker.askSize, ticker.lastSize
+            values = (
+                b if 0.0 < b < _INF else None,
+                a if 0.0 < a < _INF else None,
+                lp if 0.0 < lp < _INF else None,
+                bs if 0.0 <= bs < _INF else None,
+                az if 0.0 <= az < _INF else None,
+                ls if 0.0 <= ls < _INF else None,
+            )
+            if values == state.last_values:
+                continue  # volume / timestamp only: no new quote
+            try:
+                ts = ticker.time
+                last_ts = state.last_ts
+                if last_ts is not None and ts <= last_ts:
+                    ts = last_ts + _ONE_US
+                quote = Quote(state.symbol, ts, values[0], values[1], values[3], values[4],
+                              values[2], values[5], source)  # fmt: skip
+            except (TypeError, ValueError) as exc:
+                self._invalid(state.symbol, exc)
+                continue
+            state.last_ts = ts
+            state.last_values = values
+            self._offer(quote)
+
+    def _on_bar_update(self, bars: Any, has_new_bar: bool) -> None:
+        """A new 5-second bar: copy it, trim ib_async's list, emit (or hold)."""
+        if not has_new_bar:
+            return
+        state = self._by_subscription.get(id(bars))
+        if state is None:
+            return
+        state.updated = self._clock()
+        latest = bars[-1]
+        if len(bars) > 1:
+            del bars[:-1]  # ib_async's list grows forever otherwise
+        try:
+            bar = bar_from_realtime(state.symbol, latest, self.source)
+        except (TypeError, ValueError) as exc:
+            self._invalid(state.symbol, exc)
+            return
+        if self._holding:
+            state.held.append(bar)
+        else:
+            self._emit_bar(state, bar)
+
+    def _emit_bar(self, state: SymbolState, bar: Bar) -> bool:
+        """Offer ``bar`` unless a bar of that start (or later) was emitted already."""
+        if state.last_ts is not None and bar.ts <= state.last_ts:
+            self._counts["duplicates_dropped"] += 1
+            return False
+        state.last_ts = bar.ts
+        self._offer(bar)
+        return True
+
+    def _offer(self, record: Record) -> None:
+        channel = self._channel
+        assert channel is not None
+        try:
+            accepted = channel.offer(record)
+        except ChannelClosed:
+            return  # stopping
+        if accepted:
+            self._counts["emitted"] += 1
+            return
+        self._counts["rejected"] += 1
+        self._warn_rarely(
+            "rejected",
+            "ibkr: channel full ({} records): rejected {} record(s) so far; the consumer is "
+            "too slow (raise channel_capacity, or use channel_overflow='conflate')",
+            channel.capacity, self._counts["rejected"],
+        )  # fmt: skip
+
+    def _invalid(self, symbol: str, exc: Exception) -> None:
+        self._counts["invalid"] += 1
+        self._warn_rarely(
+            "invalid", "ibkr: invalid data for {} left out ({} so far): {}",
+            symbol, self._counts["invalid"], exc,
+        )  # fmt: skip
