@@ -204,6 +204,14 @@ ORDER BY stream, ts DESC
 # -- check logic (plain functions of the database and the time) -----------------------------
 
 
+def _sql_for(queries: dict[str, str], table: str) -> str:
+    """The query for ``table``; ``ValueError`` naming the known tables for any other name."""
+    try:
+        return queries[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}: expected one of {', '.join(queries)}") from None
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -219,7 +227,7 @@ async def check_freshness(
 ) -> dg.AssetCheckResult:
     """``fresh``: see the module docstring. ``table`` is ``quotes`` or ``bars_5s``."""
     threshold = timedelta(minutes=settings.freshness_minutes)
-    newest = await db.pool.fetchval(_NEWEST[table], now - timedelta(days=1))
+    newest = await db.pool.fetchval(_sql_for(_NEWEST, table), now - timedelta(days=1))
     lag = (now - newest).total_seconds() if newest is not None else None
     market_open = _open_throughout(settings.calendar, now - threshold, now)
     meta: dict[str, Any] = {
@@ -323,7 +331,7 @@ async def check_duplicates(
 ) -> dg.AssetCheckResult:
     """``no_duplicates``: ``table`` is ``quotes`` or ``bars`` (with ``resolution``)."""
     args = (start, end) if table == "quotes" else (start, end, resolution)
-    counts = await db.pool.fetchrow(_DUPLICATES_SQL[table], *args)
+    counts = await db.pool.fetchrow(_sql_for(_DUPLICATES_SQL, table), *args)
     assert counts is not None
     extra = int(counts["total"]) - int(counts["keys"])
     meta: dict[str, Any] = {
@@ -333,7 +341,7 @@ async def check_duplicates(
         "duplicate_rows": extra,
     }
     if extra:
-        keys = await db.pool.fetch(_DUPLICATE_KEYS_SQL[table], *args)
+        keys = await db.pool.fetch(_sql_for(_DUPLICATE_KEYS_SQL, table), *args)
         meta["duplicate_keys"] = dg.MetadataValue.md(
             _md_table(
                 ["symbol", "ts", "copies"], [(r["symbol"], _iso(r["ts"]), r["n"]) for r in keys]

@@ -1,0 +1,49 @@
+"""The raw tables written by the streams, declared as external (non-executable) assets.
+
+Dagster does not compute these: the stream runs write them continuously and report
+progress as ``AssetMaterialization`` events of these keys (see ``streaming.py``), which is
+what rollups' automation and freshness policies react to.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+__all__ = ["BARS_5S", "QUOTES", "RAW_ASSETS", "raw_asset_for"]
+
+GROUP = "market_data"
+
+QUOTES = dg.AssetSpec(
+    ["mdp", "quotes"],
+    description="Top-of-book quotes written live by the quote streams (table mdp.quotes).",
+    group_name=GROUP,
+    kinds={"postgres"},
+    metadata={"table": "mdp.quotes"},
+)
+
+BARS_5S = dg.AssetSpec(
+    ["mdp", "bars_5s"],
+    description="5-second OHLCV bars written live by the bar streams "
+    "(table mdp.bars, resolution '5s').",
+    group_name=GROUP,
+    kinds={"postgres"},
+    metadata={"table": "mdp.bars", "resolution": "5s"},
+)
+
+RAW_ASSETS: list[dg.AssetSpec] = [QUOTES, BARS_5S]
+
+
+def raw_asset_for(mode: str, resolution: str | None = None) -> dg.AssetKey:
+    """The asset a stream of ``mode`` ("quotes" or "bars") at ``resolution`` writes.
+
+    Bars at resolutions other than 5s are still rows of ``mdp.bars``; they are reported
+    under their own key ``mdp/bars_<resolution>`` (not declared here, so the UI shows them
+    as an undeclared asset) rather than mislabelled as 5s bars.
+    """
+    if mode == "quotes":
+        return QUOTES.key
+    if mode == "bars":
+        if resolution in (None, "5s"):
+            return BARS_5S.key
+        return dg.AssetKey(["mdp", f"bars_{resolution}"])
+    raise ValueError(f"unknown stream mode {mode!r}: expected 'quotes' or 'bars'")

@@ -1,0 +1,25 @@
+"""The code location: the one place that lists everything Dagster loads.
+
+``dagster dev -w workspace.yaml`` (what ``mdp up`` / ``make run`` runs) loads ``defs``.
+Resources are bound here, once, for every part: ``store`` (mdp's PostgreSQL, from
+``$MDP_PG_DSN`` at run time) and ``dlq`` (the dead-letter spool under ``$MDP_HOME``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from mdp_dagster import dlq, health, rollups, streaming
+from mdp_dagster.resources import DlqResource, StoreResource
+
+__all__ = ["defs"]
+
+RESOURCES: dict[str, object] = {"store": StoreResource(), "dlq": DlqResource()}
+
+defs = dg.Definitions.merge(
+    streaming.defs,
+    rollups.defs,
+    health.defs,
+    dlq.defs,
+    dg.Definitions(resources=RESOURCES),
+)

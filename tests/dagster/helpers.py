@@ -1,0 +1,38 @@
+"""Helpers for the Dagster tests (queries against mdp's store, event filters)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import dagster as dg
+
+
+def sql_value(dsn: str, sql: str, *args: Any) -> Any:
+    """One value of one query on ``dsn``."""
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetMaterialization]:
+    """Every AssetMaterialization the run stored in the instance's event log, in order
+    (also those logged by an op that was interrupted afterwards)."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return [r.asset_materialization for r in records if r.asset_materialization is not None]
+
+
+def metadata_values(mat: dg.AssetMaterialization) -> dict[str, Any]:
+    """The materialization's metadata as plain values."""
+    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+
+
+def run_log_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [r.user_message for r in instance.all_logs(run_id) if r.user_message]
