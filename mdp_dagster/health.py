@@ -27,21 +27,18 @@ asset and every check, in one process) runs on the schedule ``mdp_health_schedul
 """
 
 import json
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 import dagster as dg
-import exchange_calendars as xcals
-import pandas as pd
 from dagster import AssetExecutionContext
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mdp_core.calendars import get_calendar, open_intervals
 from mdp_core.dlq import DeadLetterRecord
 from mdp_core.pipeline import StreamsConfigError
 from mdp_core.store.database import Database
@@ -88,40 +85,6 @@ class CheckSettings(BaseSettings):
 
 
 # -- market hours ---------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _calendar(name: str) -> xcals.ExchangeCalendar:
-    try:
-        with warnings.catch_warnings():
-            # exchange_calendars 4.13 uses an API pandas 3.1 deprecates; not ours to fix
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return xcals.get_calendar(name)
-    except xcals.errors.InvalidCalendarName:
-        raise ValueError(
-            f"unknown market calendar {name!r} (MDP_CHECK_CALENDAR): expected an "
-            "exchange_calendars name such as XNYS, XLON or 24/7"
-        ) from None
-
-
-def open_intervals(
-    calendar: str, start: datetime, end: datetime
-) -> list[tuple[datetime, datetime]]:
-    """The parts of ``[start, end)`` during which ``calendar``'s market is open (UTC)."""
-    cal = _calendar(calendar)
-    first = pd.Timestamp((start - timedelta(days=2)).date())
-    last = pd.Timestamp((end + timedelta(days=1)).date())
-    sessions = cal.schedule.loc[max(first, cal.first_session) : min(last, cal.last_session)]
-    out: list[tuple[datetime, datetime]] = []
-    for row in sessions.itertuples():
-        pieces = [(row.open, row.close)]
-        if not pd.isna(row.break_start) and not pd.isna(row.break_end):
-            pieces = [(row.open, row.break_start), (row.break_end, row.close)]
-        for o, c in pieces:
-            lo, hi = max(o.to_pydatetime(), start), min(c.to_pydatetime(), end)
-            if lo < hi:
-                out.append((lo, hi))
-    return out
 
 
 def _open_throughout(calendar: str, start: datetime, end: datetime) -> bool:
@@ -639,7 +602,7 @@ def build_health_defs(
     ``stale_after``: seconds after which a live stream's heartbeat is stale (default: the
     supervisor's threshold)."""
     cfg = settings or CheckSettings()
-    _calendar(cfg.calendar)  # an unknown calendar fails at load, not at every check
+    get_calendar(cfg.calendar)  # an unknown calendar fails at load, not at every check
     stale = stale_after if stale_after is not None else SupervisorPolicy().stale_after
     grace = timedelta(seconds=RollupSettings().grace_seconds)
     window = timedelta(minutes=cfg.window_minutes)

@@ -62,7 +62,7 @@ async def test_market_hours_of_the_nyse_calendar() -> None:
     assert market_open(datetime(2024, 3, 5, 15, 0, tzinfo=UTC))  # a Tuesday, 10:00 New York
     assert not market_open(datetime(2024, 3, 5, 22, 0, tzinfo=UTC))  # 17:00: closed
     assert not market_open(datetime(2024, 3, 9, 15, 0, tzinfo=UTC))  # a Saturday
-    with pytest.raises(ValueError, match="unknown exchange calendar 'NOPE'"):
+    with pytest.raises(ValueError, match="unknown market calendar 'NOPE'"):
         await load_market_hours("NOPE")
 
 

@@ -19,49 +19,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from mdp_core.logs import logger
+from mdp_core.calendars import MarketOpen, market_hours
 
 __all__ = ["MarketOpen", "StalenessWatchdog", "WatchdogVerdict", "load_market_hours"]
 
-MarketOpen = Callable[[datetime], bool]
-
-_calendars: dict[str, MarketOpen] = {}
-
 
 async def load_market_hours(calendar: str) -> MarketOpen:
-    """``market_open(t)`` for the regular sessions of ``calendar`` (e.g. ``"XNYS"``).
-
-    The calendar is built once per process, in a thread (it takes about half a second).
-    Raises ``ValueError`` naming the calendar if ``exchange_calendars`` does not know it.
-    Outside the calendar's date range the market counts as open (the watchdog stays on).
-    """
-    cached = _calendars.get(calendar)
-    if cached is not None:
-        return cached
-    import exchange_calendars as xcals
-    import pandas as pd
-
-    try:
-        cal = await asyncio.to_thread(xcals.get_calendar, calendar)
-    except xcals.errors.InvalidCalendarName:
-        raise ValueError(
-            f"unknown exchange calendar {calendar!r}: expected an exchange_calendars name "
-            "such as 'XNYS' (NYSE), 'XNAS' or 'XLON'"
-        ) from None
-    warned = False
-
-    def market_open(now: datetime) -> bool:
-        nonlocal warned
-        try:
-            return bool(cal.is_open_on_minute(pd.Timestamp(now).floor("min")))
-        except ValueError as exc:  # outside the calendar's bounds
-            if not warned:
-                warned = True
-                logger.warning("calendar {}: {}; treating the market as open", calendar, exc)
-            return True
-
-    _calendars[calendar] = market_open
-    return market_open
+    """``market_open(t)`` for the regular sessions of ``calendar`` (e.g. ``"XNYS"``), built
+    in a thread (building a calendar takes about half a second); see
+    ``mdp_core.calendars.market_hours``. Raises ``ValueError`` for an unknown calendar."""
+    return await asyncio.to_thread(market_hours, calendar)
 
 
 @dataclass(frozen=True, slots=True)

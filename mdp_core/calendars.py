@@ -1,0 +1,96 @@
+"""Market sessions, from ``exchange_calendars`` (``XNYS`` by default; ``24/7`` = always open).
+
+Used by the IBKR staleness watchdog (is the market open now?) and by Dagster's freshness
+and gap checks (which parts of a period was it open?).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from mdp_core.logs import logger
+
+if TYPE_CHECKING:
+    import exchange_calendars as xcals
+
+__all__ = ["MarketOpen", "get_calendar", "market_hours", "open_intervals"]
+
+MarketOpen = Callable[[datetime], bool]
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # exchange_calendars 4.13 uses pandas APIs that pandas 3.1 deprecates: not ours to fix.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+@lru_cache(maxsize=16)
+def get_calendar(name: str) -> xcals.ExchangeCalendar:
+    """The calendar called ``name`` (built once per process: about half a second).
+
+    Raises ``ValueError`` naming the calendar and examples of valid names."""
+    import exchange_calendars as xcals
+
+    try:
+        with _quiet():
+            return xcals.get_calendar(name)
+    except xcals.errors.InvalidCalendarName:
+        raise ValueError(
+            f"unknown market calendar {name!r}: expected an exchange_calendars name such as "
+            "'XNYS' (NYSE), 'XNAS', 'XLON', or '24/7' for a market that never closes"
+        ) from None
+
+
+def open_intervals(
+    calendar: str, start: datetime, end: datetime
+) -> list[tuple[datetime, datetime]]:
+    """The parts of ``[start, end)`` (UTC) during which ``calendar``'s market is open."""
+    import pandas as pd
+
+    cal = get_calendar(calendar)
+    first = pd.Timestamp((start - timedelta(days=2)).date())
+    last = pd.Timestamp((end + timedelta(days=1)).date())
+    with _quiet():
+        sessions = cal.schedule.loc[max(first, cal.first_session) : min(last, cal.last_session)]
+    out: list[tuple[datetime, datetime]] = []
+    for row in sessions.itertuples():
+        pieces = [(row.open, row.close)]
+        if not pd.isna(row.break_start) and not pd.isna(row.break_end):
+            pieces = [(row.open, row.break_start), (row.break_end, row.close)]
+        for opens, closes in pieces:
+            lo, hi = max(opens.to_pydatetime(), start), min(closes.to_pydatetime(), end)
+            if lo < hi:
+                out.append((lo, hi))
+    return out
+
+
+def market_hours(calendar: str) -> MarketOpen:
+    """``market_open(t)``: whether ``calendar``'s market is open at ``t`` (UTC).
+
+    Outside the calendar's date range the market counts as open (with one warning), so a
+    watchdog relying on it stays on rather than silently off."""
+    import pandas as pd
+
+    cal = get_calendar(calendar)
+    warned = False
+
+    def market_open(now: datetime) -> bool:
+        nonlocal warned
+        try:
+            with _quiet():
+                return bool(cal.is_open_on_minute(pd.Timestamp(now).floor("min")))
+        except ValueError as exc:  # outside the calendar's bounds
+            if not warned:
+                warned = True
+                logger.warning("calendar {}: {}; treating the market as open", calendar, exc)
+            return True
+
+    return market_open
