@@ -9,7 +9,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = ["DsnInfo", "describe_dsn", "mask_dsn", "mask_secrets"]
 
 # user:password@ in any URL-style DSN, and password=... in key/value DSNs or query strings.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)@", re.I)
+# The password runs to the last "@" before the host's path or query, so one holding a raw
+# "@" (an unencoded "p@ss") is masked whole.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/?#]*)@", re.I)
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|[^\s&;]+)", re.I)
 
 

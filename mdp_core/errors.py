@@ -26,8 +26,10 @@ from typing import Any, Literal
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
+from pydantic import ValidationError
 
 from mdp_core.dsn import mask_secrets
+from mdp_core.settings import describe_settings_error
 
 __all__ = [
     "Classification",
@@ -135,6 +137,8 @@ def error_info(exc: BaseException | ErrorInfo) -> ErrorInfo:
         message = str(exc) or repr(exc)
     except Exception:  # some exception classes fail to format without arguments
         message = repr(exc)
+    if isinstance(exc, ValidationError):  # a bad MDP_* value: name the variable
+        message = describe_settings_error(exc) or message
     return ErrorInfo(
         type=type(exc).__name__, sqlstate=_sqlstate(exc), message=mask_secrets(message)
     )

@@ -1,14 +1,17 @@
 """Logging: library modules use ``from mdp_core.logs import logger``.
 
 That logger is loguru's, patched so every message has DSN passwords masked, whoever
-configured the handlers. ``configure_logging()`` is the one configuration point for
-applications (CLI, examples, Dagster): level and format from ``MdpSettings``
-(``MDP_LOG_LEVEL``, ``MDP_LOG_FORMAT``) unless given.
+configured the handlers; an exception logged with it (``logger.exception``,
+``logger.opt(exception=...)``) becomes a masked plain-text traceback in the message.
+``configure_logging()`` is the one configuration point for applications (CLI, examples,
+Dagster): level and format from ``MdpSettings`` (``MDP_LOG_LEVEL``, ``MDP_LOG_FORMAT``)
+unless given.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import TYPE_CHECKING, Any, TextIO
 
 from loguru import logger as _loguru_logger
@@ -28,6 +31,16 @@ TEXT_FORMAT = (
 
 def _mask(record: Record) -> None:
     record["message"] = mask_secrets(record["message"])
+    exception = record["exception"]
+    if exception is not None and exception.type is not None:
+        # Handlers would format an attached exception themselves, past this patch (its
+        # message, chained causes and, with diagnose, local variables such as a DSN): render
+        # it here as a plain traceback, masked, and detach it.
+        text = "".join(
+            traceback.format_exception(exception.type, exception.value, exception.traceback)
+        )
+        record["message"] += "\n" + mask_secrets(text).rstrip()
+        record["exception"] = None
 
 
 logger = _loguru_logger.patch(_mask)

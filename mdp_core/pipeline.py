@@ -36,6 +36,7 @@ from mdp_core.coordinator import (
     WriteCoordinator,
 )
 from mdp_core.dlq import DeadLetterQueue
+from mdp_core.errors import error_info
 from mdp_core.logs import logger
 from mdp_core.models import Record, parse_resolution
 from mdp_core.operators import OperatorStats, deduplicate, throttle
@@ -459,7 +460,7 @@ class Pipeline:
             duplicates=self._dedupe_stats.duplicates,
             coordinator=health,
             rate=health.throughput,
-            error=None if self._error is None else f"{type(self._error).__name__}: {self._error}",
+            error=None if self._error is None else str(error_info(self._error)),
         )
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["IBKRSettings", "MdpSettings", "get_settings"]
+__all__ = ["IBKRSettings", "MdpSettings", "describe_settings_error", "get_settings"]
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"]
 
@@ -67,3 +67,35 @@ class IBKRSettings(BaseSettings):
 def get_settings() -> MdpSettings:
     """Read ``MdpSettings`` from the environment now (not cached: tests change it)."""
     return MdpSettings()
+
+
+def _settings_class(name: str) -> type[BaseSettings] | None:
+    todo: list[type[BaseSettings]] = [BaseSettings]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name and cls is not BaseSettings:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def describe_settings_error(exc: ValidationError) -> str | None:
+    """One line for a ``ValidationError`` of a settings class (``MdpSettings``,
+    ``IBKRSettings``, ``CoordinatorRuntimeSettings``, ...): each bad value with its
+    environment variable, e.g. ``MDP_IBKR_PORT='70000': Input should be less than or equal
+    to 65535``. ``None`` for the error of any other model. Secret values are not shown."""
+    cls = _settings_class(exc.title)
+    if cls is None:
+        return None
+    prefix = str(cls.model_config.get("env_prefix") or "")
+    problems = []
+    for err in exc.errors():
+        loc = err["loc"]
+        if not loc:  # a check across fields: its message names them
+            problems.append(f"{cls.__name__}: {err['msg']}")
+            continue
+        field = cls.model_fields.get(str(loc[0]))
+        secret = field is not None and "SecretStr" in str(field.annotation)
+        value = "***" if secret else repr(err.get("input"))
+        problems.append(f"{prefix}{loc[0]}".upper() + f"={value}: {err['msg']}")
+    return "invalid setting " + "; ".join(problems)

@@ -36,6 +36,30 @@ class _LazyGroup(click.Group):
         command: click.Command = getattr(module, attr)
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; a user error (a bad ``MDP_*`` value, a database that cannot be
+        reached) ends it with its message and exit code 1, not a traceback."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = _user_error(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+def _user_error(exc: Exception) -> str | None:
+    """The message for an error caused by the user's settings, else ``None``."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        from mdp_core.settings import describe_settings_error
+
+        return describe_settings_error(exc)
+    from mdp_core.store.database import StoreError
+
+    return str(exc) if isinstance(exc, StoreError) else None
+
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mdp")

@@ -68,7 +68,7 @@ class SyntheticSource(ProviderSource):
         *,
         seed: int = 0,
         rate: float | None = 10.0,
-        start: datetime | None = None,
+        start: datetime | str | None = None,
         time_compression: float = 1.0,
         max_items: int | None = None,
         tick_size: float = 0.01,
@@ -83,6 +83,16 @@ class SyntheticSource(ProviderSource):
             raise ValueError(f"max_items {max_items!r} is invalid: expected an int >= 0 or None")
         if not (0 < tick_size < math.inf):
             raise ValueError(f"tick_size {tick_size!r} is invalid: expected a price > 0")
+        if isinstance(start, str):  # from a config file or the command line
+            try:
+                start = datetime.fromisoformat(start)
+            except ValueError:
+                raise ValueError(
+                    f"start {start!r} is invalid: expected an ISO 8601 time with a UTC offset, "
+                    "like 2024-01-02T14:30:00Z"
+                ) from None
+        if start is not None and not isinstance(start, datetime):
+            raise ValueError(f"start {start!r} is invalid: expected a timezone-aware datetime")
         if start is not None and (start.tzinfo is None or start.utcoffset() is None):
             raise ValueError(f"start {start.isoformat()} is naive: expected a timezone-aware time")
         self.seed = seed

@@ -208,6 +208,12 @@ def _hidden_passwords(dsn: str) -> list[str]:
     match = re.search(r"password=([^&\s]+)", dsn, re.I)
     if match:
         found.append(match.group(1))
+    # user:PASSWORD@ in a mistyped URL ("postgresql:/u:pw@host", "postgresql//u:pw@host"),
+    # which servers may echo back as a database or host name
+    head, at, _ = dsn.rpartition("@")
+    candidate = head.rpartition(":")[2]
+    if at and candidate and "/" not in candidate:
+        found.append(candidate)
     return sorted(found, key=len, reverse=True)
 
 
@@ -219,18 +225,18 @@ def _scrub(text: str, dsn: str) -> str:
 
 def _where(dsn: str) -> str:
     try:
-        return f"PostgreSQL at {describe_dsn(dsn)}"
+        return _scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)
     except ValueError as exc:
         return _scrub(str(exc), dsn)
 
 
 def _connect_error(dsn: str, exc: BaseException) -> DatabaseError:
     try:
-        where = f"PostgreSQL at {describe_dsn(dsn)}"
+        where = _scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)  # a mistyped DSN's parts
     except ValueError as bad:
         return DatabaseError(
             f"cannot connect: {_scrub(str(bad), dsn)}; expected a DSN like "
-            "postgresql://user:password@host:5432/database"
+            "postgresql://user:password@host:5432/database (check MDP_PG_DSN)"
         )
     reason = _scrub(f"{type(exc).__name__}: {exc}", dsn)
     if isinstance(
@@ -248,7 +254,7 @@ def _connect_error(dsn: str, exc: BaseException) -> DatabaseError:
         hint = "the host name cannot be resolved: check the host in MDP_PG_DSN"
     elif isinstance(exc, TimeoutError):
         hint = "the connection timed out: check the host, port and firewall"
-    elif isinstance(exc, ValueError | asyncpg.InterfaceError):
+    elif isinstance(exc, ValueError | OverflowError | asyncpg.InterfaceError):
         hint = "the DSN is malformed: expected postgresql://user:password@host:5432/database"
     else:
         hint = "check that the server is running and that MDP_PG_DSN is right"
@@ -368,6 +374,7 @@ class Database:
             )
         except (
             OSError,
+            OverflowError,  # a port past 65535
             TimeoutError,
             ValueError,
             asyncpg.PostgresError,
