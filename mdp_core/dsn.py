@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["DsnInfo", "describe_dsn", "mask_dsn", "mask_secrets"]
+__all__ = ["DsnInfo", "describe_dsn", "mask_dsn", "mask_secrets", "scrub"]
 
 # user:password@ in any URL-style DSN, and password=... in key/value DSNs or query strings.
 # The password runs to the last "@" before the host's path or query, so one holding a raw
@@ -62,3 +62,36 @@ def describe_dsn(dsn: str) -> DsnInfo:
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", [""])[0]
     user = unquote(parts.username or "") or query.get("user", [""])[0]
     return DsnInfo(host=host, port=port, database=database or user or "postgres", user=user)
+
+
+def _hidden_passwords(dsn: str) -> list[str]:
+    """Every substring of ``dsn`` that may be its password (even when the DSN is malformed)."""
+    found: list[str] = []
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+    if password:
+        found.append(password)
+    # user:PASSWORD@ up to the last "@", for URLs urlsplit cannot read
+    match = re.search(r"://[^:/@]*:(.*)@", dsn)
+    if match and match.group(1):
+        found.append(match.group(1))
+    match = re.search(r"password=([^&\s]+)", dsn, re.I)
+    if match:
+        found.append(match.group(1))
+    # user:PASSWORD@ in a mistyped URL ("postgresql:/u:pw@host", "postgresql//u:pw@host"),
+    # which servers may echo back as a database or host name
+    head, at, _ = dsn.rpartition("@")
+    candidate = head.rpartition(":")[2]
+    if at and candidate and "/" not in candidate:
+        found.append(candidate)
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` with every possible password of ``dsn`` replaced by ``***`` (even when the
+    DSN is mistyped and a server echoes part of it back), then ``mask_secrets``."""
+    for secret in _hidden_passwords(dsn):
+        text = text.replace(secret, "***")
+    return mask_secrets(text)

@@ -76,6 +76,12 @@ class CoordinatorTuning(BaseModel):
         return CoordinatorRuntimeSettings().to_settings(**overrides)
 
 
+# Keyword arguments the pipeline passes to the provider itself.
+_RESERVED_OPTIONS = frozenset(
+    {"symbols", "mode", "resolution", "bar_resolution", "max_buffer", "provider", "overflow"}
+)
+
+
 class StreamSpec(BaseModel):
     """What one stream ingests, and how. One entry of ``streams.yaml``."""
 
@@ -104,6 +110,17 @@ class StreamSpec(BaseModel):
     @classmethod
     def _resolution(cls, value: str) -> str:
         return parse_resolution(value)
+
+    @field_validator("provider_options")
+    @classmethod
+    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(_RESERVED_OPTIONS & set(value))
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)} cannot be a provider option: set the stream's own field "
+                f"(symbols, mode, resolution, channel_capacity, channel_overflow) instead"
+            )
+        return value
 
     def provider_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the provider (``client_id`` becomes ``ibkr_settings``)."""

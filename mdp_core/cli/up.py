@@ -39,7 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
-from mdp_core.dsn import describe_dsn
+from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.errors import error_info
 from mdp_core.pipeline import StreamsConfigError, StreamSpec, load_streams
 from mdp_core.settings import get_settings
@@ -278,7 +278,8 @@ class Stack:
                     asyncio.run(_ensure_databases(dsn, ["dagster"]))
                 except Exception as exc:
                     raise click.ClickException(
-                        f"cannot create database 'dagster' on {describe_dsn(dsn)} ({exc}): "
+                        f"cannot create database 'dagster' on {mask_dsn(dsn)} "
+                        f"({scrub(str(error_info(exc)), dsn)}): "
                         "create it, or set MDP_DAGSTER_PG_URL to a database Dagster may use"
                     ) from None
             _say(f"PostgreSQL at {describe_dsn(dsn)} (MDP_PG_DSN)")

@@ -21,7 +21,7 @@ convention assumed for each; the one used is logged when the source is built:
 
 Symbol: from a ``symbol``/``ticker`` column, else the ``symbol`` argument, else the first
 all-capital word of the file name (``AAPL_1min_...`` -> AAPL). Bar resolution: the
-``resolution`` argument, else a ``resolution`` column, else the file name (``_1min_``),
+``file_resolution`` argument, else a ``resolution`` column, else the file name (``_1min_``),
 else the smallest gap between a symbol's first timestamps. ``bar_resolution`` is the
 resolution the caller wants; ``self.resolution`` is the file's (``RuntimeOrchestrator``
 resamples from one to the other).
@@ -128,7 +128,7 @@ class ReplaySource(ProviderSource):
         loop: bool = False,
         bar_timestamp: Literal["start", "end"] | None = None,
         symbol: str | None = None,
-        resolution: str | None = None,
+        file_resolution: str | None = None,
         strict: bool = False,
         source: str = "replay",
     ) -> None:
@@ -190,7 +190,7 @@ class ReplaySource(ProviderSource):
         if self.mode == "bars":
             default_stamp = "end" if self.format == "ninjatrader" else "start"
             self.bar_timestamp: str | None = bar_timestamp or default_stamp
-            self.resolution, how = self._find_resolution(resolution, columns, header)
+            self.resolution, how = self._find_resolution(file_resolution, columns, header)
             self._bar_delta = resolution_timedelta(self.resolution)
             notes.append(f"resolution {self.resolution} ({how})")
             if self.bar_timestamp == "end":
@@ -337,7 +337,7 @@ class ReplaySource(ProviderSource):
     ) -> tuple[str, str]:
         """The file's bar resolution and where it came from."""
         if given:
-            return parse_resolution(given), "from the resolution argument"
+            return parse_resolution(given), "from the file_resolution argument"
         if "resolution" in columns:
             for _, values in _first_rows(self.path, self.format, 1):
                 return parse_resolution(str(values[columns["resolution"]])), (
@@ -366,14 +366,14 @@ class ReplaySource(ProviderSource):
         if gap is None:
             raise ValueError(
                 f"{self.path.name}: cannot infer the bar resolution (fewer than two timestamps "
-                "of a symbol): pass resolution='1m' (or another)"
+                "of a symbol): pass file_resolution='1m' (or another)"
             )
         try:
             return parse_resolution(gap)
         except ValueError:
             raise ValueError(
                 f"{self.path.name}: the smallest gap between bars is {gap}, not a supported "
-                "resolution: pass resolution='...'"
+                "resolution: pass file_resolution='...'"
             ) from None
 
 

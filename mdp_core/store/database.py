@@ -25,11 +25,10 @@ from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 
-from mdp_core.dsn import describe_dsn, mask_dsn, mask_secrets
+from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.logs import logger
 from mdp_core.settings import MdpSettings, get_settings
 from mdp_core.store.embedded import EmbeddedServer
@@ -192,53 +191,22 @@ def _partition_ddl(table: str, day: date) -> str:
 # -- errors ---------------------------------------------------------------------------------
 
 
-def _hidden_passwords(dsn: str) -> list[str]:
-    """Every substring of ``dsn`` that may be its password (even when the DSN is malformed)."""
-    found: list[str] = []
-    try:
-        password = urlsplit(dsn).password
-    except ValueError:
-        password = None
-    if password:
-        found.append(password)
-    # user:PASSWORD@ up to the last "@", for URLs urlsplit cannot read
-    match = re.search(r"://[^:/@]*:(.*)@", dsn)
-    if match and match.group(1):
-        found.append(match.group(1))
-    match = re.search(r"password=([^&\s]+)", dsn, re.I)
-    if match:
-        found.append(match.group(1))
-    # user:PASSWORD@ in a mistyped URL ("postgresql:/u:pw@host", "postgresql//u:pw@host"),
-    # which servers may echo back as a database or host name
-    head, at, _ = dsn.rpartition("@")
-    candidate = head.rpartition(":")[2]
-    if at and candidate and "/" not in candidate:
-        found.append(candidate)
-    return sorted(found, key=len, reverse=True)
-
-
-def _scrub(text: str, dsn: str) -> str:
-    for secret in _hidden_passwords(dsn):
-        text = text.replace(secret, "***")
-    return mask_secrets(text)
-
-
 def _where(dsn: str) -> str:
     try:
-        return _scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)
+        return scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)
     except ValueError as exc:
-        return _scrub(str(exc), dsn)
+        return scrub(str(exc), dsn)
 
 
 def _connect_error(dsn: str, exc: BaseException) -> DatabaseError:
     try:
-        where = _scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)  # a mistyped DSN's parts
+        where = scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)  # a mistyped DSN's parts
     except ValueError as bad:
         return DatabaseError(
-            f"cannot connect: {_scrub(str(bad), dsn)}; expected a DSN like "
+            f"cannot connect: {scrub(str(bad), dsn)}; expected a DSN like "
             "postgresql://user:password@host:5432/database (check MDP_PG_DSN)"
         )
-    reason = _scrub(f"{type(exc).__name__}: {exc}", dsn)
+    reason = scrub(f"{type(exc).__name__}: {exc}", dsn)
     if isinstance(
         exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
     ):

@@ -182,8 +182,8 @@ def test_symbol_comes_from_column_then_argument_then_file_name(tmp_path: Path) -
     path = tmp_path / "lower_case_name.csv"
     path.write_text("ts,open,high,low,close,volume\n2024-01-02T14:30:00Z,1,1,1,1,1\n")
     with pytest.raises(ValueError, match=r"no symbol column .* pass symbol="):
-        ReplaySource(path=path, resolution="1m")
-    assert ReplaySource(path=path, symbol="X", resolution="1m").symbols == ["X"]
+        ReplaySource(path=path, file_resolution="1m")
+    assert ReplaySource(path=path, symbol="X", file_resolution="1m").symbols == ["X"]
 
 
 def test_resolution_is_inferred_from_the_data(tmp_path: Path) -> None:
@@ -191,7 +191,7 @@ def test_resolution_is_inferred_from_the_data(tmp_path: Path) -> None:
     rows = [f"2024-01-02T14:{m:02d}:00Z,1,1,1,1,1" for m in (0, 15, 20, 30)]
     path.write_text("ts,open,high,low,close,volume\n" + "\n".join(rows) + "\n")
     assert ReplaySource(path=path, symbol="X").resolution == "5m"
-    assert ReplaySource(path=path, symbol="X", resolution="1 min").resolution == "1m"
+    assert ReplaySource(path=path, symbol="X", file_resolution="1 min").resolution == "1m"
 
 
 def test_file_and_mode_mistakes_are_clear(tmp_path: Path) -> None:

@@ -16,6 +16,24 @@ from mdp_core.gateway import SimulatedGateway
 from mdp_dagster.resources import DlqResource, StoreResource
 
 
+@pytest.fixture(autouse=True)
+def _fresh_defs_state_storage() -> Iterator[None]:
+    """Start every test without a current defs-state storage.
+
+    A Dagster instance publishes its defs-state storage in a ContextVar while it is open
+    and restores the previous value when it closes; instances closed out of order leave a
+    closed instance's storage behind, and a later Definitions load then fails with
+    "Attempted to resolve undefined DagsterInstance weakref"."""
+    from dagster._core.storage.defs_state.base import _current_storage
+
+    token = _current_storage.set(None)
+    yield
+    try:
+        _current_storage.reset(token)
+    except ValueError:  # set in another context: nothing of ours to restore
+        _current_storage.set(None)
+
+
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
     """A throwaway Dagster instance (SQLite in a temp dir)."""

@@ -180,6 +180,8 @@ streams:
          r"streams 'a' and 'b' share client_id 3"),
         ("streams: {name: a}", r"expected a top-level 'streams:' list"),
         ("streams: [1]", r"streams\[0\]: expected a mapping, got 1"),
+        ("streams: [{name: a, symbols: [X], provider_options: {resolution: 1m}}]",
+         r"field 'provider_options': .*resolution cannot be a provider option"),
         ("streams: [", r"not valid YAML"),
     ],
 )  # fmt: skip
