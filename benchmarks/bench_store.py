@@ -280,7 +280,7 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
         version = await server_version(db)
         where = "MDP_PG_DSN" if db.embedded is None else "embedded"
 
-    raw = [
+    raw: list[dict[str, Any]] = [
         {
             "batch_size": batch_size,
             "connections": connections,

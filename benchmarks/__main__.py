@@ -1,0 +1,561 @@
+"""Run every benchmark and write one report: ``benchmarks/results.md`` and ``results.json``.
+
+    python -m benchmarks                      # everything (what ``make bench`` runs)
+    python -m benchmarks --quick              # short versions, report to results-partial.*
+    python -m benchmarks --only store,memory  # a subset, report to results-partial.*
+
+Each benchmark runs in its own Python process (``python -m benchmarks --child NAME``), so
+one's heap, event loop or failure does not touch the next; its ``run()`` figures come back
+as JSON. Every figure is a median of several runs (each module repeats its measurements;
+``ibkr``, which measures each scenario once, is run ``IBKR_RUNS`` times here and the median
+of each figure taken) and is shown against its reference measured in the same run. A full
+run also writes each benchmark's JSON to ``benchmarks/results/<name>.json``; a partial run
+(``--quick`` / ``--only``) writes only ``benchmarks/results-partial.{md,json}``, so it never
+overwrites the full report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import machine, markdown_table, now_iso, quiet_logging, write_json
+
+HERE = Path(__file__).resolve().parent
+IBKR_RUNS = 3
+TIMEOUT_S = 900  # one benchmark; the whole run is meant to take well under 15 minutes
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    module: str
+    title: str
+    runs: int = 1  # how many times the aggregator runs it (>1: median of each figure)
+    quick_in_full: bool = False  # run its quick mode even in a full run (then runs > 1)
+
+
+BENCHMARKS = [
+    Benchmark("operators", "benchmarks.bench_operators", "Stream operators (per event)"),
+    Benchmark("store", "benchmarks.bench_store", "Write throughput into mdp.quotes"),
+    Benchmark(
+        "ibkr",
+        "benchmarks.bench_ibkr",
+        "IBKR ingest (gateway -> ib_async -> Channel)",
+        runs=IBKR_RUNS,
+        quick_in_full=True,
+    ),
+    Benchmark("latency", "benchmarks.bench_latency", "End-to-end latency (emit -> COMMIT)"),
+    Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
+    Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
+]
+BY_NAME = {b.name: b for b in BENCHMARKS}
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def _child(name: str, out: str, quick: bool) -> None:
+    """In a child process: run one benchmark, write its figures (and its report section,
+    rendered here where its module is loaded) as JSON to ``out``."""
+    quiet_logging()
+    module = importlib.import_module(BY_NAME[name].module)
+    result = module.run(quick=quick)
+    Path(out).write_text(
+        json.dumps({"result": result, "section": section(name, result)}, default=str)
+    )
+
+
+def run_one(bench: Benchmark, quick: bool) -> dict[str, Any]:
+    """Run ``bench`` (``bench.runs`` times); an entry with status, wall time and figures."""
+    if importlib.util.find_spec(bench.module) is None:
+        print(f"== {bench.name}: not available ({bench.module} not found)", flush=True)
+        return {"status": "not available", "wall_s": 0.0, "result": None}
+    runs = 1 if quick else bench.runs
+    mode_quick = quick or bench.quick_in_full
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for i in range(runs):
+        print(f"== {bench.name} ({i + 1}/{runs}{', quick' if mode_quick else ''})", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mdp-bench-run-") as tmp:
+            out = Path(tmp) / "result.json"
+            cmd = [sys.executable, "-m", "benchmarks", "--child", bench.name, "--out", str(out)]
+            if mode_quick:
+                cmd.append("--quick")
+            try:
+                proc = subprocess.run(cmd, timeout=TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired:
+                return _failed(f"timed out after {TIMEOUT_S} s", start)
+            if proc.returncode != 0 or not out.exists():
+                return _failed(f"exited with status {proc.returncode}", start)
+            results.append(json.loads(out.read_text()))
+    wall = time.perf_counter() - start
+    if len(results) == 1:
+        result, lines = results[0]["result"], results[0]["section"]
+    else:
+        result = median_of_runs([r["result"] for r in results])
+        lines = section(bench.name, result)
+    print(f"== {bench.name}: done in {wall:.0f} s", flush=True)
+    return {
+        "status": "ok",
+        "wall_s": wall,
+        "runs": runs,
+        "quick": mode_quick,
+        "result": result,
+        "section": lines,
+    }
+
+
+def _failed(reason: str, start: float) -> dict[str, Any]:
+    print(f"== failed: {reason}", flush=True)
+    return {"status": f"error: {reason}", "wall_s": time.perf_counter() - start, "result": None}
+
+
+def median_of_runs(results: list[Any]) -> Any:
+    """Merge the results of several runs of one benchmark: numbers become their median,
+    booleans true only if true in every run, anything else is taken from the first run;
+    lists (of the same length) and dicts are merged item by item. The runs themselves are
+    kept under ``"runs"``."""
+
+    def merge(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, bool):
+            return all(values)
+        if isinstance(first, int | float) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        ):
+            return statistics.median(values)
+        if isinstance(first, dict) and all(isinstance(v, dict) for v in values):
+            return {k: merge([v[k] for v in values if k in v]) for k in first}
+        if isinstance(first, list) and all(
+            isinstance(v, list) and len(v) == len(first) for v in values
+        ):
+            return [merge([v[i] for v in values]) for i in range(len(first))]
+        return first
+
+    merged = merge(results)
+    if isinstance(merged, dict):
+        merged["runs"] = results
+    return merged
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def _ok(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    return entry["result"] if entry and entry["status"] == "ok" else None
+
+
+def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets, each with the measured figure, its reference and PASS/FAIL."""
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        target: str, source: str, measured: str, reference: str, ratio: str, passed: bool | None
+    ) -> None:
+        verdict = "n/a" if passed is None else "PASS" if passed else "FAIL"
+        rows.append(
+            {
+                "target": target,
+                "benchmark": source,
+                "measured": measured,
+                "reference": reference,
+                "ratio": ratio,
+                "result": verdict,
+            }
+        )
+
+    def missing(target: str, source: str) -> None:
+        status = entries.get(source, {}).get("status", "not run")
+        add(target, source, status, "-", "-", None)
+
+    store = _ok(entries.get("store"))
+    if store and store.get("coordinator"):
+        best = max(store["coordinator"], key=lambda c: c["rows_per_s"])
+        limit = store["raw_best"]["rows_per_s"]
+        where = f"{best['workers']} workers, batch {best['batch_size']:,}"
+        add(
+            "coordinator path >= 0.8 x raw COPY limit",
+            "store",
+            f"{best['rows_per_s']:,.0f} rows/s ({where})",
+            f"raw limit {limit:,.0f} rows/s",
+            f"{best['ratio_to_raw_best']:.2f} x",
+            best["ratio_to_raw_best"] >= 0.8,
+        )
+        add(
+            "coordinator path >= 50,000 quotes/s",
+            "store",
+            f"{best['rows_per_s']:,.0f} rows/s",
+            "50,000 rows/s",
+            f"{best['rows_per_s'] / 50_000:.2f} x",
+            best["rows_per_s"] >= 50_000,
+        )
+    else:
+        missing("coordinator path >= 0.8 x raw limit and >= 50,000 quotes/s", "store")
+
+    ops = _ok(entries.get("operators"))
+    if ops:
+        chain, bare = ops["stages"]["chain"], ops["stages"]["bare"]
+        add(
+            "operator chain < 3 us/event",
+            "operators",
+            f"{chain['us_per_event']:.2f} us/event",
+            f"bare pass-through {bare['us_per_event']:.2f} us/event",
+            f"{chain['ratio_to_bare']:.1f} x bare",
+            chain["us_per_event"] < 3.0,
+        )
+    else:
+        missing("operator chain < 3 us/event", "operators")
+
+    ibkr = _ok(entries.get("ibkr"))
+    if ibkr:
+        fifty = [
+            s
+            for s in ibkr["scenarios"]
+            if s["symbols"] == 50 and not s["scenario"].startswith("client path")
+        ]
+        head = max(fifty, key=lambda s: s["quotes_per_s"]) if fifty else None
+        if head is not None:
+            target = ibkr.get("target_quotes_per_s_50_symbols", 20_000)
+            add(
+                "IBKR >= 20,000 quotes/s (50 symbols)",
+                "ibkr",
+                f"{head['quotes_per_s']:,.0f} quotes/s ({head['scenario']})",
+                f"target {target:,} quotes/s",
+                f"{head['quotes_per_s'] / target:.2f} x",
+                head["quotes_per_s"] >= target,
+            )
+        else:
+            missing("IBKR >= 20,000 quotes/s (50 symbols)", "ibkr")
+    else:
+        missing("IBKR >= 20,000 quotes/s (50 symbols)", "ibkr")
+
+    lat = _ok(entries.get("latency"))
+    if lat:
+        t = lat["target"]
+        flush = lat["coordinator"]["flush_interval_s"] * 1000
+        add(
+            f"end-to-end p99 <= {t['p99_ms_max']:.0f} ms at {t['rate_per_s']:,}/s",
+            "latency",
+            f"p99 {t['p99_ms']:.1f} ms",
+            f"flush interval {flush:.0f} ms",
+            f"{t['p99_ms'] / flush:.1f} x flush; {t['p99_ms'] / t['p99_ms_max']:.2f} x target",
+            t["passed"],
+        )
+    else:
+        missing("end-to-end p99 <= 100 ms at 10,000/s", "latency")
+
+    mem = _ok(entries.get("memory"))
+    if mem:
+        add(
+            f"RSS growth in a {mem['stall_s']:.0f} s stall within the capacities' bound",
+            "memory",
+            f"+{mem['growth_mib']:.1f} MiB (max {mem['rss_max_stall_mib']:.0f} MiB)",
+            f"bound {mem['bound_mib']:.1f} + allowance {mem['allowance_mib']:.0f} MiB",
+            f"{mem['growth_over_bound']:.2f} x",
+            mem["within_bound"] and mem["balanced"],
+        )
+    else:
+        missing("RSS growth during the stall bounded by the capacities", "memory")
+
+    roll = _ok(entries.get("rollups"))
+    if roll:
+        add(
+            "SQL rollup >= 5x faster than pandas",
+            "rollups",
+            f"SQL {roll['sql_s']:.2f} s",
+            f"pandas {roll['pandas_s']['total_s']:.2f} s (read+resample+write)",
+            f"{roll['speedup_total']:.1f} x faster",
+            roll["passed"],
+        )
+    else:
+        missing("SQL rollup >= 5x faster than pandas", "rollups")
+    return rows
+
+
+Section = Callable[[dict[str, Any]], list[str]]
+
+
+def _operators(r: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            name,
+            s["description"],
+            f"{s['us_per_event']:.3f}",
+            f"{s['ratio_to_bare']:.2f}",
+            f"{s['events_per_second']:,}",
+        )
+        for name, s in r["stages"].items()
+    ]
+    return [
+        markdown_table(("stage", "what", "us/event", "x bare", "events/s"), rows),
+        "",
+        f"{r['events']:,} prebuilt quotes, {r['symbols']} symbols; median of "
+        f"{r['repetitions']} runs, stages interleaved. Reference: `bare` (an async generator "
+        "consumed by `async for`).",
+    ]
+
+
+def _store(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for par in sorted({x["connections"] for x in r["raw"]}):
+        best = max((x for x in r["raw"] if x["connections"] == par), key=lambda x: x["rows_per_s"])
+        mark = " (limit)" if best == r["raw_best"] else ""
+        rows.append(
+            (
+                f"(a) raw COPY + upsert{mark}",
+                best["batch_size"],
+                par,
+                f"{best['rows_per_s']:,.0f}",
+                f"{best['ratio_to_raw_best']:.2f}",
+                "-",
+            )
+        )
+    for label, key, par_key in (
+        ("(b) QuotesSink.write", "sink", "writers"),
+        ("(c) WriteCoordinator", "coordinator", "workers"),
+    ):
+        for x in r.get(key) or []:
+            rows.append(
+                (
+                    label,
+                    x["batch_size"],
+                    x[par_key],
+                    f"{x['rows_per_s']:,.0f}",
+                    f"{x['ratio_to_raw_best']:.2f}",
+                    f"{x['ratio_to_raw_same']:.2f}",
+                )
+            )
+    d = r["naive"]
+    rows.append(
+        (
+            "(d) naive INSERT per row",
+            1,
+            1,
+            f"{d['rows_per_s']:,.0f}",
+            f"{d['ratio_to_raw_best']:.3f}",
+            "-",
+        )
+    )
+    return [
+        markdown_table(("path", "batch", "parallel", "rows/s", "x raw limit", "x raw same"), rows),
+        "",
+        f"{r['rows']:,} quotes per measurement, median of {r['repeats']} (raw: best batch "
+        "size per parallelism shown, the full sweep is in the JSON). Reference: the raw limit, "
+        "asyncpg binary COPY into a TEMP stage + INSERT ON CONFLICT from prebuilt tuples; "
+        "`x raw same` = against raw at the same batch size and parallelism, interleaved.",
+    ]
+
+
+def _ibkr(r: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            s["scenario"],
+            s["gateway"],
+            f"{s['quotes_per_s']:,.0f}",
+            f"{s['messages_per_s']:,.0f}",
+            f"{s['client_cpu']:.0%}",
+            f"{s['quotes_per_s'] / 20_000:.2f}",
+            s["rejected"],
+        )
+        for s in r["scenarios"]
+    ]
+    runs = len(r.get("runs", [])) or 1
+    return [
+        markdown_table(
+            (
+                "scenario",
+                "gateway",
+                "quotes/s",
+                "TWS msgs/s",
+                "client CPU",
+                "x 20k target",
+                "rejected",
+            ),
+            rows,
+        ),
+        "",
+        f"Windows of {r['window_s']:.0f} s; median of {runs} runs of `bench_ibkr` "
+        f"{'(its quick mode)' if r.get('quick') else '(full mode)'}. Reference: the 20,000 "
+        "quotes/s target (bench_ibkr does not measure the gateway's own send rate; `client "
+        "path only` is what the client side absorbs with no gateway in the way).",
+    ]
+
+
+def _module_section(name: str) -> Section:
+    def render(r: dict[str, Any]) -> list[str]:
+        module = importlib.import_module(BY_NAME[name].module)
+        return [module.table(r), "", module.describe(r) + "."]
+
+    return render
+
+
+def section(name: str, result: dict[str, Any]) -> list[str]:
+    """The report's section for one benchmark's figures (a note if they cannot be shown)."""
+    try:
+        return SECTIONS[name](result)
+    except Exception as exc:  # a report with a gap beats no report after a long run
+        return [
+            f"(could not render this section: {type(exc).__name__}: {exc}; the figures "
+            "are in the JSON)"
+        ]
+
+
+SECTIONS: dict[str, Section] = {
+    "operators": _operators,
+    "store": _store,
+    "ibkr": _ibkr,
+    "latency": _module_section("latency"),
+    "memory": _module_section("memory"),
+    "rollups": _module_section("rollups"),
+}
+
+
+def _postgres(entries: dict[str, dict[str, Any]]) -> str:
+    for entry in entries.values():
+        r = _ok(entry)
+        if r and isinstance(r.get("machine"), dict) and r["machine"].get("postgres"):
+            m = r["machine"]
+            return f"{m['postgres']} ({m.get('server', 'embedded')})"
+    return "n/a"
+
+
+def render(report: dict[str, Any]) -> str:
+    entries = report["benchmarks"]
+    m = report["machine"]
+    load = ", ".join(f"{x:.2f}" for x in m["load_average"])
+    load_end = ", ".join(f"{x:.2f}" for x in report["load_average_end"])
+    make = "" if report["partial"] else " (what `make bench` runs)"
+    lines = [
+        "# mdp benchmark results",
+        "",
+        f"Command: `{report['command']}`{make}, started {report['date']}; total wall time "
+        f"{report['wall_s'] / 60:.1f} min.",
+        "",
+        markdown_table(
+            ("machine", ""),
+            [
+                ("CPU", m["cpu"]),
+                ("cores", m["cores"]),
+                ("RAM", f"{m['ram_gib']} GiB"),
+                ("OS", m["os"]),
+                ("Python", m["python"]),
+                ("PostgreSQL", _postgres(entries)),
+                ("load average at start (1, 5, 15 min)", load),
+                ("load average at end", load_end),
+            ],
+        ),
+        "",
+        "The machine is shared (other work was running: see the load averages), so the "
+        "figures are medians and each is shown against a reference measured in the same run.",
+        "",
+        "## Targets",
+        "",
+        markdown_table(
+            ("target", "benchmark", "measured", "reference", "ratio", "result"),
+            [tuple(row.values()) for row in report["summary"]],
+        ),
+    ]
+    for bench in BENCHMARKS:
+        entry = entries.get(bench.name)
+        if entry is None:
+            continue
+        lines += ["", f"## {bench.title} (`{bench.name}`)", ""]
+        result = _ok(entry)
+        if result is None:
+            lines.append(f"{entry['status']}.")
+            continue
+        lines += entry.get("section") or section(bench.name, result)
+        lines.append(f"Wall time {entry['wall_s']:.0f} s.")
+    lines += [
+        "",
+        "## Wall time",
+        "",
+        markdown_table(
+            ("benchmark", "status", "seconds"),
+            [(n, e["status"], f"{e['wall_s']:.0f}") for n, e in entries.items()]
+            + [("total", "", f"{report['wall_s']:.0f}")],
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short versions of everything")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BY_NAME)}")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite results.md from results.json (no measuring)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.out, args.quick)
+        return
+    if args.render:
+        stem = HERE / "results"
+        report = json.loads(stem.with_suffix(".json").read_text())
+        report["summary"] = summary(report["benchmarks"])
+        _write(stem, report)
+        return
+    names = list(BY_NAME)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BY_NAME]
+        if unknown:
+            parser.error(
+                f"--only: unknown benchmark(s) {', '.join(unknown)}; expected "
+                f"some of {', '.join(BY_NAME)}"
+            )
+    partial = args.quick or args.only is not None
+    command = shlex.join([".venv/bin/python", "-m", "benchmarks", *(argv or sys.argv[1:])])
+    host = machine()
+    start = time.perf_counter()
+    date = now_iso()
+    entries = {name: run_one(BY_NAME[name], args.quick) for name in names}
+    report = {
+        "command": command,
+        "date": date,
+        "partial": partial,
+        "machine": host,
+        "load_average_end": list(os.getloadavg()),
+        "wall_s": time.perf_counter() - start,
+        "summary": summary(entries),
+        "benchmarks": entries,
+    }
+    if not partial:
+        for name, entry in entries.items():
+            if entry["result"] is not None:
+                write_json(name, entry["result"])
+    _write(HERE / ("results-partial" if partial else "results"), report)
+
+
+def _write(stem: Path, report: dict[str, Any]) -> None:
+    """Write ``<stem>.json`` (first: the figures survive a rendering problem), then
+    ``<stem>.md``; print the report."""
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    text = render(report)
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Smoke tests of the benchmarks' measuring code, on tiny inputs (no timing assertions).
+
+They run the same functions ``python -m benchmarks`` does (latency run, stalled-sink run,
+SQL vs pandas rollup, the report), against the real embedded PostgreSQL, in a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from benchmarks import bench_latency, bench_memory, bench_rollups
+from benchmarks.__main__ import BENCHMARKS, median_of_runs, render, summary
+from benchmarks.common import markdown_table, percentile
+from mdp_core.coordinator import CoordinatorSettings
+from mdp_core.store.database import Database
+
+
+async def test_latency_run_measures_every_quote_of_the_window(fresh_dsn: str) -> None:
+    settings = CoordinatorSettings(capacity=2000, workers=2, batch_size=200, flush_interval=0.02)
+    async with asyncio.timeout(60), Database.connect(fresh_dsn, max_size=4) as db:
+        r = await bench_latency.measure(db, 2000, duration=0.6, warmup=0.2, settings=settings)
+    assert r.balanced  # everything emitted was committed, nothing dead-lettered or dropped
+    assert r.samples > 0
+    assert 0 < r.p50_ms <= r.p95_ms <= r.p99_ms <= r.max_ms
+
+
+async def test_stalled_sink_keeps_buffers_within_capacities(fresh_dsn: str) -> None:
+    async with asyncio.timeout(60), Database.connect(fresh_dsn, max_size=2):
+        pass  # create the schema
+    async with asyncio.timeout(60):
+        r = await bench_memory.child_run(fresh_dsn, stall=1.0, warmup=0.5, recover=0.5)
+    s = bench_memory.SETTINGS
+    assert r["balanced"]  # emitted == committed + dead-lettered + dropped == rows in the table
+    assert r["committed"] > 0
+    # only the writes already past the stalled sink's gate can commit during the stall
+    assert r["committed_during_stall"] <= s.workers * s.batch_size
+    assert r["max_channel_depth"] <= bench_memory.CHANNEL_CAPACITY
+    assert r["max_queue_depth"] <= s.capacity
+    assert r["max_in_flight"] <= s.workers * s.batch_size
+
+
+async def test_sql_and_pandas_rollups_agree(fresh_dsn: str) -> None:
+    async with asyncio.timeout(60), Database.connect(fresh_dsn, max_size=3) as db:
+        rows, _ = await bench_rollups.load(db, 3)
+        _, bars = await bench_rollups.run_sql(db)
+        await bench_rollups._reset(db)
+        _, frame = await bench_rollups.run_pandas(db)
+        await bench_rollups._reset(db)
+        await bench_rollups.run_sql(db)
+        check = await bench_rollups.compare(db, frame)
+    assert rows == 3 * bench_rollups.BARS_PER_SYMBOL
+    assert bars == 3 * bench_rollups.BARS_PER_SYMBOL // 12  # 12 five-second bars a minute
+    assert check["equal"], check
+
+
+def test_median_of_runs_merges_figures() -> None:
+    runs = [
+        {"rate": 1.0, "ok": True, "name": "a", "rows": [{"x": 1}, {"x": 10}]},
+        {"rate": 3.0, "ok": False, "name": "b", "rows": [{"x": 2}, {"x": 30}]},
+        {"rate": 2.0, "ok": True, "name": "c", "rows": [{"x": 3}, {"x": 20}]},
+    ]
+    merged = median_of_runs(runs)
+    assert merged["rate"] == 2.0
+    assert merged["ok"] is False
+    assert merged["name"] == "a"
+    assert merged["rows"] == [{"x": 2}, {"x": 20}]
+    assert merged["runs"] == runs
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+
+
+def test_report_names_missing_benchmarks() -> None:
+    entries: dict[str, dict[str, Any]] = {
+        b.name: {"status": "not available", "wall_s": 0.0, "result": None} for b in BENCHMARKS
+    }
+    rows = summary(entries)
+    assert rows and all(row["result"] == "n/a" for row in rows)
+    report = {
+        "command": "python -m benchmarks",
+        "date": "2024-01-02T00:00:00+00:00",
+        "partial": True,
+        "machine": {
+            "cpu": "cpu",
+            "cores": 2,
+            "ram_gib": 1.0,
+            "os": "os",
+            "python": "3.11",
+            "load_average": [0.0, 0.0, 0.0],
+        },
+        "load_average_end": [0.0, 0.0, 0.0],
+        "wall_s": 1.0,
+        "summary": rows,
+        "benchmarks": entries,
+    }
+    text = render(report)
+    assert "not available" in text
+    assert markdown_table(("a", "b"), [("x", "1")]).splitlines()[1] == "|---|--:|"
