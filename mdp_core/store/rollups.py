@@ -21,10 +21,12 @@ Identifiers are code constants; every value is a query parameter.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mdp_core.models import Bar, parse_resolution, resolution_seconds
 
@@ -266,26 +268,47 @@ async def rollup_bars(
     end: datetime,
     *,
     source_resolution: str = "5s",
+    parallel: int = 2,
 ) -> RollupResult:
     """Compute ``resolution`` bars from ``source_resolution`` bars for every window
     overlapping ``[start, end)`` and upsert them into ``mdp.bars`` (see the module's
     guarantees). Raises ``ValueError`` for an unknown resolution, a target that is not a
-    multiple of the source, a naive datetime or ``end < start``."""
+    multiple of the source, a naive datetime or ``end < start``.
+
+    The range is split into up to ``parallel`` runs of whole windows, rolled up at once on
+    separate connections (each in its own transaction): the server then uses that many
+    cores. Every window is computed whole by exactly one of them."""
     target, source = _check_resolutions(resolution, source_resolution)
+    if not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel {parallel!r} is invalid: expected an int >= 1")
     start, end = align_range(target, start, end)
     # A window never crosses a UTC day (every resolution divides a day), so its row goes to
     # the same daily partition as its source bars; ensure it anyway (cheap when it exists).
     await db.ensure_partitions("bars", _days(start, end), ahead=0)
-    async with db.pool.acquire() as conn:
-        row = await conn.fetchrow(
-            _ROLLUP_SQL,
-            timedelta(seconds=resolution_seconds(target)),
-            source,
-            start,
-            end,
-            target,
-        )
-    assert row is not None  # an aggregate without GROUP BY always returns one row
+    window = timedelta(seconds=resolution_seconds(target))
+    windows = (end - start) // window
+    n = max(1, min(parallel, windows))
+    per = -(-windows // n)  # windows per piece, rounded up
+    bounds = [min(start + i * per * window, end) for i in range(n + 1)]
+    pieces = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if lo < hi]
+    pieces = pieces or [(start, end)]
+
+    async def one(lo: datetime, hi: datetime) -> Any:
+        async with db.pool.acquire() as conn:
+            row = await conn.fetchrow(_ROLLUP_SQL, window, source, lo, hi, target)
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        return row
+
+    rows = await asyncio.gather(*(one(lo, hi) for lo, hi in pieces))
+    firsts = [r["first_ts"] for r in rows if r["first_ts"] is not None]
+    lasts = [r["last_ts"] for r in rows if r["last_ts"] is not None]
+    row = {
+        "bars": sum(r["bars"] for r in rows),
+        "written": sum(r["written"] for r in rows),
+        "symbols": set().union(*(r["symbols"] for r in rows)),
+        "first_ts": min(firsts, default=None),
+        "last_ts": max(lasts, default=None),
+    }
     return RollupResult(
         resolution=target,
         start=start,

@@ -121,13 +121,14 @@ async def write(db: Database, bars: list[Bar]) -> None:
         await sink.write(bars[i : i + 5000])
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-async def test_rollups_equal_pandas_resample(db: Database, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "parallel"), [(1, 2), (2, 1), (2, 3), (1, 7)])
+async def test_rollups_equal_pandas_resample(db: Database, seed: int, parallel: int) -> None:
+    """Whatever the split across connections, every window is computed whole, once."""
     bars = random_bars(seed)
     await write(db, bars)
     end = START + timedelta(hours=HOURS)
     for resolution in ("1m", "5m", "1h", "1d"):
-        result = await rollup_bars(db, resolution, START, end)
+        result = await rollup_bars(db, resolution, START, end, parallel=parallel)
         want = pandas_rollup(bars, resolution)
         lo, hi = align_range(resolution, START, end)
         got = table_frame(await fetch_bars(db, None, resolution, lo, hi))
