@@ -387,29 +387,50 @@ def _frame(text: str) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
+_PRICE = "1\x006\x00%d\x00%d\x00%r\x00%r\x000\x00"
+_SIZE = "2\x006\x00%d\x00%d\x00%r\x00"
+_STRING = "46\x006\x00%d\x00%d\x00%s\x00"
+
+
 def tick_frames(
-    req_id: int, tick: SimTick, volume: float, vwap: float, delayed: bool, rt_volume: bool
+    req_id: int,
+    tick: SimTick,
+    volume: float,
+    vwap: float,
+    delayed: bool,
+    rt_volume: bool,
+    previous: SimTick | None = None,
 ) -> list[bytes]:
-    """The burst for one trade: bid/ask/last prices (with sizes > 0), their sizes, the
-    cumulative volume and the last trade time; optionally RTVolume (generic tick 233, with
-    the cumulative ``vwap``). Delayed subscriptions get the delayed tick types (66..76, 88)
-    and no RTVolume.
+    """The messages for one trade, sent as TWS sends changes: the quote first, then the trade.
+
+    - bid (and likewise ask): a tickPrice with its size when the price changed since
+      ``previous`` (the tick sent before on this subscription; None: the first, so always),
+      a tickSize when only the size changed, nothing when neither did;
+    - the trade: last tickPrice with its size, then the last-size tickSize (TWS sends both;
+      ib_async records each in ``ticker.ticks``, so ``trades()`` sees both, as with TWS);
+    - the cumulative volume tickSize and the lastTimestamp tickString;
+    - RTVolume (generic tick 233, with the cumulative ``vwap``) if ``rt_volume``.
+
+    No bid/ask tickSize repeats a size the tickPrice just carried: ib_async ignores such a
+    tickSize (it returns early when the size equals the ticker's), so it would only cost
+    decoding. Delayed subscriptions get the delayed tick types (66..76, 88) and no RTVolume.
 
     Hot path: formatted directly (same bytes as ``encode``; floats via ``repr``).
     """
     d = DELAYED if delayed else _LIVE
-    price = "1\x006\x00%d\x00%d\x00%r\x00%r\x000\x00"
-    size = "2\x006\x00%d\x00%d\x00%r\x00"
-    frames = [
-        _frame(price % (req_id, d[1], tick.bid, tick.bid_size)),
-        _frame(price % (req_id, d[2], tick.ask, tick.ask_size)),
-        _frame(price % (req_id, d[4], tick.last, tick.last_size)),
-        _frame(size % (req_id, d[0], tick.bid_size)),
-        _frame(size % (req_id, d[3], tick.ask_size)),
-        _frame(size % (req_id, d[5], tick.last_size)),
-        _frame(size % (req_id, d[8], volume)),
-        _frame(f"46\x006\x00{req_id}\x00{d[45]}\x00{int(tick.time)}\x00"),
-    ]
+    frames = []
+    if previous is None or tick.bid != previous.bid:
+        frames.append(_frame(_PRICE % (req_id, d[1], tick.bid, tick.bid_size)))
+    elif tick.bid_size != previous.bid_size:
+        frames.append(_frame(_SIZE % (req_id, d[0], tick.bid_size)))
+    if previous is None or tick.ask != previous.ask:
+        frames.append(_frame(_PRICE % (req_id, d[2], tick.ask, tick.ask_size)))
+    elif tick.ask_size != previous.ask_size:
+        frames.append(_frame(_SIZE % (req_id, d[3], tick.ask_size)))
+    frames.append(_frame(_PRICE % (req_id, d[4], tick.last, tick.last_size)))
+    frames.append(_frame(_SIZE % (req_id, d[5], tick.last_size)))
+    frames.append(_frame(_SIZE % (req_id, d[8], volume)))
+    frames.append(_frame(_STRING % (req_id, d[45], int(tick.time))))
     if rt_volume and not delayed:
         ms = round(tick.time * 1000)
         value = f"{tick.last!r};{tick.last_size!r};{ms};{volume!r};{round(vwap, 4)!r};true"

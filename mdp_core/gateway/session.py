@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import deque
+from bisect import bisect_left
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from mdp_core.gateway.codec import API_PREFIX, FrameError, decode_payload, encode, read_frame
@@ -124,15 +126,61 @@ def _frame_ids(frame: bytes) -> tuple[int, int | None]:
     return msg_id, int(fields[3]) if msg_id == Out.ERR_MSG else None
 
 
+def _tick_time(tick: SimTick) -> float:
+    return tick.time
+
+
+_BY_TIME = itemgetter(0)
+
+
 @dataclass(eq=False)
 class _TickSub:
+    """A market-data subscription and where it stands in its model's ticks.
+
+    The next tick to send is ``pending[pos]``, ``pending`` being the ticks of the 5-second
+    slot starting at ``slot``; ``next_time`` is that tick's time, or the slot's end once
+    ``pending`` is used up (a lower bound for the next tick). A pump thus costs one
+    comparison for a subscription with nothing due. ``last_sent`` is the tick sent before
+    (None: nothing yet), against which the next quote is diffed; ``stats`` the symbol's
+    counters.
+    """
+
     req_id: int
     inst: Instrument
     delayed: bool
     rt_volume: bool
-    cursor: float
+    stats: Counter[str]
     volume: float = 0.0
     notional: float = 0.0
+    last_sent: SimTick | None = None
+    slot: int = 0
+    pending: tuple[SimTick, ...] = ()
+    pos: int = 0
+    next_time: float = 0.0
+
+    def seek(self, at: float) -> None:
+        """Make the first tick with time >= ``at`` the next one to send."""
+        self.slot = int(at // BAR_SECONDS) * BAR_SECONDS
+        self.pending = self.inst.model.ticks(self.slot)
+        self.pos = bisect_left(self.pending, at, key=_tick_time)
+        self.next_time = (
+            self.pending[self.pos].time if self.pos < len(self.pending) else self.slot + BAR_SECONDS
+        )
+
+    def take(self, now: float, out: list[tuple[float, _TickSub, SimTick]]) -> None:
+        """Append ``(time, self, tick)`` for each tick not sent yet with time < ``now``."""
+        while self.next_time < now:
+            pending, pos, n = self.pending, self.pos, len(self.pending)
+            if pos < n:  # the due ticks of this slot
+                while pos < n and (tick := pending[pos]).time < now:
+                    out.append((tick.time, self, tick))
+                    pos += 1
+                self.pos = pos
+                self.next_time = pending[pos].time if pos < n else self.slot + BAR_SECONDS
+            else:  # this slot is used up and the next one has begun
+                self.slot += BAR_SECONDS
+                self.pending, self.pos = self.inst.model.ticks(self.slot), 0
+                self.next_time = self.pending[0].time if self.pending else self.slot + BAR_SECONDS
 
 
 @dataclass(eq=False)
@@ -453,7 +501,9 @@ class Session:
         frames.append(encode(Out.MARKET_DATA_TYPE, 1, req_id, 3 if delayed else 1))
         frames.append(encode(Out.TICK_REQ_PARAMS, req_id, 0.01, "9c0001", 3))
         now = gw.now()
-        sub = _TickSub(req_id, inst, delayed, "233" in req.generic_ticks.split(","), now)
+        rt_volume = "233" in req.generic_ticks.split(",")
+        sub = _TickSub(req_id, inst, delayed, rt_volume, gw._symbol_stats[inst.symbol])
+        sub.seek(now)
         if not gw.data_paused:
             last = inst.model.last_tick_before(now)
             if last is not None:
@@ -558,29 +608,38 @@ class Session:
         sub.volume += tick.last_size
         sub.notional += tick.last * tick.last_size
         frames = tick_frames(
-            sub.req_id, tick, sub.volume, sub.notional / sub.volume, sub.delayed, sub.rt_volume
-        )
-        stats = self.gw._symbol_stats[sub.inst.symbol]
+            sub.req_id, tick, sub.volume, sub.notional / sub.volume, sub.delayed, sub.rt_volume,
+            sub.last_sent,
+        )  # fmt: skip
+        sub.last_sent = tick
+        stats = sub.stats
         stats["ticks"] += 1
         stats["tick_messages"] += len(frames)
         self.gw.sent_ticks.append(SentTick(self.client_id or 0, sub.req_id, tick, sub.delayed))
         return frames
 
     def pump(self, now: float, skip: bool) -> None:
-        """Send what happened since the last pump up to ``now``; ``skip`` drops it instead."""
+        """Send what happened since the last pump up to ``now``; ``skip`` drops it instead.
+
+        Ticks of all subscriptions go out merged in time order (ties in subscription
+        order), as TWS sends events as they happen: consecutive messages are mostly for
+        different symbols, so a client read holds a little of many symbols.
+        """
         if self.closed or not self.started:
             return
         frames: list[bytes] = []
         current = int(now // BAR_SECONDS) * BAR_SECONDS
-        for sub in self.ticks.values():
-            if not skip:
-                for t in range(
-                    int(sub.cursor // BAR_SECONDS) * BAR_SECONDS, current + 1, BAR_SECONDS
-                ):
-                    for tick in sub.inst.model.ticks(t):
-                        if sub.cursor <= tick.time < now:
-                            frames.extend(self._tick_burst(sub, tick))
-            sub.cursor = now
+        if skip:
+            for sub in self.ticks.values():
+                sub.seek(now)
+        else:
+            due: list[tuple[float, _TickSub, SimTick]] = []
+            for sub in self.ticks.values():
+                if sub.next_time < now:
+                    sub.take(now, due)
+            due.sort(key=_BY_TIME)  # stable: ties keep subscription order
+            for _, sub, tick in due:
+                frames += self._tick_burst(sub, tick)
         for bar_sub in self.bars.values():
             if skip:
                 bar_sub.cursor = max(bar_sub.cursor, current)

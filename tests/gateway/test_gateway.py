@@ -117,10 +117,19 @@ async def test_market_data_ticks_are_the_ticks_sent(
         assert [(p, sz) for k, p, sz in received if k == 4] == [
             (s.tick.last, s.tick.last_size) for s in sent[:n]
         ]
-        assert [(p, sz) for k, p, sz in received if k == 1][:n] == [
-            (s.tick.bid, s.tick.bid_size) for s in sent[:n]
-        ]
-        assert [p for k, p, _ in received if k == 2][:n] == [s.tick.ask for s in sent[:n]]
+        # bid and ask arrive as changes, like TWS sends them: a tickPrice (1/2, with its
+        # size) when the price moved, a tickSize (0/3) when only the size did, else nothing
+        for side, (price_type, size_type) in {"bid": (1, 0), "ask": (2, 3)}.items():
+            expected, before = [], None
+            for s in sent[:n]:
+                value = (getattr(s.tick, side), getattr(s.tick, f"{side}_size"))
+                if before is None or value[0] != before[0]:
+                    expected.append((price_type, *value))
+                elif value[1] != before[1]:
+                    expected.append((size_type, *value))
+                before = value
+            got = [t for t in received if t[0] in (price_type, size_type)]
+            assert got[: len(expected)] == expected, side
         assert all(s.tick.bid < s.tick.ask for s in sent)
         # and those are the model's ticks (after the first, which is the state at subscribe)
         first, last = sent[1].tick.time, sent[n - 1].tick.time
@@ -128,6 +137,62 @@ async def test_market_data_ticks_are_the_ticks_sent(
         last_ts = ticker.lastTimestamp
         assert last_ts is not None and last_ts.timestamp() in {int(s.tick.time) for s in sent}
         assert gw.stats()["symbols"]["AAPL"]["ticks"] >= n
+
+
+async def test_ticks_of_all_subscriptions_go_out_in_time_order(
+    gw: SimulatedGateway, client_factory: Callable[[], Client]
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        ib = await client_factory().connect(gw, client_id=4)
+        symbols = ["AAPL", "MSFT", "SPY"]
+        tickers = [ib.reqMktData(c) for c in await _qualified(ib, *symbols)]
+        subscribed = len(gw.sent_ticks)  # the subscriptions' first ticks (state at subscribe)
+        while len(gw.sent_ticks) < subscribed + 60:
+            await gw.wait_pumps(1)
+        gw.pause_data(True)
+        await ib.reqCurrentTimeAsync()  # answered after everything written before it
+
+    sent = [s for s in gw.sent_ticks if s.client_id == 4]
+    streamed = sent[len(symbols) :]
+    # events as they happen: one time-ordered stream across symbols, not symbol by symbol
+    times = [s.tick.time for s in streamed]
+    assert times == sorted(times)
+    assert len({s.tick.symbol for s in streamed[:10]}) > 1
+    for symbol in symbols:
+        mine = [s.tick for s in streamed if s.tick.symbol == symbol]
+        assert mine == gw.ticks_between(symbol, mine[0].time, mine[-1].time + 0.001)
+    # quotes are sent as changes, yet every ticker ends in the state of its last tick
+    for symbol, ticker in zip(symbols, tickers, strict=True):
+        last = next(s.tick for s in reversed(sent) if s.tick.symbol == symbol)
+        assert (ticker.bid, ticker.bidSize, ticker.ask, ticker.askSize) == (
+            last.bid, last.bid_size, last.ask, last.ask_size,
+        )  # fmt: skip
+        assert (ticker.last, ticker.lastSize) == (last.last, last.last_size)
+        # each trade is 4 to 6 messages: bid and ask if they changed, last price and size,
+        # volume, last trade time
+        counts = gw.stats()["symbols"][symbol]
+        assert 4 * counts["ticks"] <= counts["tick_messages"] <= 6 * counts["ticks"]
+
+
+async def test_rt_volume_generic_tick_233(
+    gw: SimulatedGateway, client_factory: Callable[[], Client]
+) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        ib = await client_factory().connect(gw, client_id=5)
+        (spy,) = await _qualified(ib, "SPY")
+        ticker = ib.reqMktData(spy, "233")
+        received: list[tuple[int, float, float]] = []
+        await _collect_ticks(ticker, received, n=5)
+        gw.pause_data(True)
+        await ib.reqCurrentTimeAsync()  # answered after everything written before it
+
+    sent = [s.tick for s in gw.sent_ticks if s.client_id == 5]
+    # one RTVolume per trade, with its price and size, the cumulative volume and vwap
+    assert [(p, sz) for k, p, sz in received if k == 48] == [(t.last, t.last_size) for t in sent]
+    volume = sum(t.last_size for t in sent)
+    assert ticker.rtVolume == ticker.volume == volume
+    assert ticker.vwap == round(sum(t.last * t.last_size for t in sent) / volume, 4)
+    assert ticker.rtTime == datetime.fromtimestamp(round(sent[-1].time * 1000) / 1000, UTC)
 
 
 async def test_delayed_market_data(
