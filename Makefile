@@ -27,8 +27,11 @@ run: install
 bench: install
 	$(BIN)/python -m benchmarks
 
+# make soak [MINUTES=10] [SEED=7] [SOAK_ARGS="--faults gateway_restart=2,poison=3"]
+# (the same as .venv/bin/python -m benchmarks.soak --minutes 10 --seed 7 ...)
 soak: install
-	$(BIN)/python -m benchmarks.soak $(SOAK_ARGS)
+	$(BIN)/python -m benchmarks.soak $(if $(MINUTES),--minutes $(MINUTES)) \
+		$(if $(SEED),--seed $(SEED)) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mdp .pytest_cache .ruff_cache .mypy_cache

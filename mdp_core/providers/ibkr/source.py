@@ -13,9 +13,9 @@ What it does (the class docstring lists the knobs):
   callbacks and offers it to an internal bounded ``Channel``; ``stream()`` reads it;
 - survives what IB does in real life (reliability.md T12): a dropped socket (reconnect with
   jittered exponential backoff, re-qualify, resubscribe, backfill missed bars from history),
-  error 1101 (resubscribe on the same connection), a market-data farm blip 2103 -> 2104
-  (resubscribe bars), and silent data loss (a market-hours-aware staleness watchdog that
-  warns, then resubscribes).
+  error 1101 (resubscribe on the same connection), 1102 after a lost link and a
+  market-data farm blip 2103 -> 2104 (resubscribe bars, backfilling the gap), and silent
+  data loss (a market-hours-aware staleness watchdog that warns, then resubscribes).
 """
 
 from __future__ import annotations
@@ -111,7 +111,12 @@ class IBKRStreamSource(ProviderSource):
             received). ib_async consumes its receive buffer by re-slicing ``bytes``, which is
             quadratic in the size of one read, and a client that fell behind gets reads of
             up to 256 KiB; chunking keeps it linear (``bench_ibkr``: a client behind its
-            gateway decodes 1.4-2x the messages/s with 8 KiB chunks).
+            gateway decodes 1.4-2x the messages/s with 8 KiB chunks). A chunk is also the
+            unit of a quote: trades of a symbol in one chunk fold into one quote. 2 KiB
+            (~70 messages, ~11 trades) folds few when many symbols stream and still spreads
+            the per-read cost (``bench_ibkr``, 50 symbols, client behind: ~6.7 messages per
+            quote against ~7.7 with 4 KiB and ~10 with 8 KiB; 1.5-2x the quotes per
+            CPU-second of 8 KiB).
         source: the ``source`` field of the records.
 
     Quotes: one ``Quote`` per ticker update, i.e. per TCP read touching that symbol
@@ -125,9 +130,10 @@ class IBKRStreamSource(ProviderSource):
     Bars: ``ts`` is the bar start; ``open_``/``wap``/``count`` become ``open``/``vwap``/
     ``trade_count``. Bars are emitted once per (symbol, start): anything at or before the
     last emitted start is dropped as a duplicate (counted). After a reconnect the live bars
-    are held while the gap since each symbol's last bar is backfilled from history (only
-    complete bars older than the server time at the resubscription), then everything is
-    released in time order, so downstream windows see no late bars.
+    are held while the gap since each symbol's last bar (before its first bar: since the
+    first subscription) is backfilled from history (only complete bars older than the
+    server time at the resubscription), then everything is released in time order, so
+    downstream windows see no late bars.
     """
 
     name = "ibkr"
@@ -157,7 +163,7 @@ class IBKRStreamSource(ProviderSource):
         reconnect: bool = True,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
-        read_chunk: int | None = 8192,
+        read_chunk: int | None = 2048,
         source: str = "ibkr",
     ) -> None:
         super().__init__(symbols, mode, bar_resolution)
@@ -233,6 +239,8 @@ class IBKRStreamSource(ProviderSource):
         self._counts: Counter[str] = Counter()
         self._codes: Counter[int] = Counter()
         self._holding = False  # live bars held while a backfill runs
+        # Backfill start for a symbol with no bar yet: just before the first subscription.
+        self._bars_since: datetime | None = None
         self._farm_broken = False
         self._stopping = False
         self._disconnected = False
@@ -565,7 +573,11 @@ class IBKRStreamSource(ProviderSource):
         """Subscribe real-time bars; with ``backfill``, hold the live bars, fetch each gap
         from history, then release both in time order (see the class docstring)."""
         ib = self._ib
-        gaps = [s for s in states if s.last_ts is not None] if backfill and self.backfill else []
+        gaps = (
+            [s for s in states if s.last_ts is not None or self._bars_since is not None]
+            if backfill and self.backfill
+            else []
+        )
         self._holding = bool(gaps)
         backfilled: list[Bar] = []
         try:
@@ -575,6 +587,8 @@ class IBKRStreamSource(ProviderSource):
                 state.subscription = bars
                 self._by_subscription[id(bars)] = state
             if not gaps:
+                if not backfill and self.backfill and self._bars_since is None:
+                    await self._mark_first_subscription()
                 return
             # Server time once the subscriptions are sent: live bars cover every bar from the
             # one in progress at this moment on; history fills the rest (complete bars only).
@@ -585,7 +599,8 @@ class IBKRStreamSource(ProviderSource):
             for state, result in zip(gaps, results, strict=True):
                 if isinstance(result, BaseException):
                     self._counts["backfill_failures"] += 1
-                    message = f"backfill of {state.symbol} since {state.last_ts} failed: {result}"
+                    since = state.last_ts or self._bars_since
+                    message = f"backfill of {state.symbol} since {since} failed: {result}"
                     logger.warning("ibkr: {}", message)
                     self._issue(None, message, [state.symbol])
                 else:
@@ -593,13 +608,28 @@ class IBKRStreamSource(ProviderSource):
         finally:
             self._release_held(backfilled)
 
+    async def _mark_first_subscription(self) -> None:
+        """Note the server time of the first subscription: a symbol that misses data before
+        its first bar arrives (an outage right after the start) is backfilled from there.
+        One bar of margin, as the subscription and this request may straddle a boundary."""
+        try:
+            async with asyncio.timeout(self.backfill_timeout):
+                server_now = await self._ib.reqCurrentTimeAsync()
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            logger.warning("ibkr: server time not known ({}): no backfill before a first bar", exc)
+            return
+        start = math.floor(server_now.timestamp() / BAR_SECONDS) * BAR_SECONDS - 2 * BAR_SECONDS
+        self._bars_since = datetime.fromtimestamp(start, UTC)
+
     async def _fetch_gap(self, state: SymbolState, server_now: datetime) -> list[Bar]:
-        """Complete 5-second bars after ``state.last_ts`` that end by ``server_now``."""
-        assert state.last_ts is not None
+        """Complete 5-second bars after ``state.last_ts`` (or, before the symbol's first bar,
+        after the first subscription) that end by ``server_now``."""
+        since = state.last_ts if state.last_ts is not None else self._bars_since
+        assert since is not None
         complete_until = server_now - timedelta(seconds=BAR_SECONDS)  # last complete start
-        if complete_until <= state.last_ts:
+        if complete_until <= since:
             return []
-        gap = (server_now - state.last_ts).total_seconds()
+        gap = (server_now - since).total_seconds()
         seconds = math.ceil(gap) + _BACKFILL_MARGIN
         if seconds > self.max_backfill_seconds:
             message = (
@@ -620,11 +650,9 @@ class IBKRStreamSource(ProviderSource):
             if not isinstance(item.date, datetime):
                 continue
             bar = bar_from_history(state.symbol, item, self.source)
-            if state.last_ts < bar.ts <= complete_until:
+            if since < bar.ts <= complete_until:
                 bars.append(bar)
-        logger.info(
-            "ibkr: backfilled {} bar(s) of {} after {}", len(bars), state.symbol, state.last_ts
-        )
+        logger.info("ibkr: backfilled {} bar(s) of {} after {}", len(bars), state.symbol, since)
         return bars
 
     def _release_held(self, backfilled: list[Bar]) -> None:
@@ -788,6 +816,10 @@ class IBKRStreamSource(ProviderSource):
             self._request_resubscribe(self._symbols, "1101")
         elif code == 1102:
             logger.info("ibkr: IB connectivity restored, data maintained (1102)")
+            if self.mode == "bars":
+                # The subscriptions survived, but no bar came while the link was down (1100):
+                # resubscribing backfills that gap from history, as after 1101.
+                self._request_resubscribe(self._symbols, "1102 after 1100")
         elif code == 2103:
             self._farm_broken = True
             logger.warning("ibkr: market data farm broken (2103): {}", message)
