@@ -261,6 +261,9 @@ class Pipeline:
       provider, delivers what the channel holds, and drains the coordinator: every emitted
       record ends committed, dead-lettered (durably) or counted as dropped;
     - a provider failure is raised from ``run()`` after the drain, never swallowed;
+    - an IBKR 5-second bars stream resumes where the table ends: the bars missed while no
+      stream ran (a restart, a relaunched run) are backfilled from IB's history (up to the
+      source's ``max_backfill_seconds``);
     - a heartbeat row (``mdp.stream_heartbeats``) every ``heartbeat_interval`` seconds and
       ``on_progress(stats)`` every ``progress_interval`` seconds; a failing heartbeat (the
       database may be down) is logged, never fatal.
@@ -432,6 +435,10 @@ class Pipeline:
             **spec.provider_kwargs(),
         }
         if spec.mode == "bars":
+            if spec.provider == "ibkr" and spec.resolution == "5s":
+                # Resume where the table ends: bars missed while no stream ran are backfilled.
+                last = await self.db.last_bar_times(spec.symbols, "5s")
+                common.setdefault("resume_after", last)
             bars = await runtime.bars_to_channel(spec.symbols, resolution=spec.resolution, **common)
             return bars  # type: ignore[return-value]
         quotes = await runtime.quotes_to_channel(spec.symbols, **common)

@@ -587,6 +587,20 @@ class Database:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval(sql))
 
+    async def last_bar_times(
+        self, symbols: Iterable[str], resolution: str, *, within: timedelta = timedelta(days=7)
+    ) -> dict[str, datetime]:
+        """Per symbol, the start of its newest stored ``resolution`` bar (only bars from the
+        last ``within``; symbols without one are absent)."""
+        rows = await self.pool.fetch(
+            "SELECT symbol, max(ts) AS ts FROM mdp.bars "
+            "WHERE resolution = $1 AND symbol = ANY($2::text[]) AND ts >= $3 GROUP BY symbol",
+            resolution,
+            list(symbols),
+            datetime.now(UTC) - within,
+        )
+        return {row["symbol"]: row["ts"] for row in rows}
+
     async def write_heartbeat(
         self, stream: str, run_id: str, counters: Mapping[str, Any], *, ts: datetime | None = None
     ) -> None:

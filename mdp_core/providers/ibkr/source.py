@@ -25,7 +25,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -101,6 +101,11 @@ class IBKRStreamSource(ProviderSource):
         generic_ticks: ``genericTickList`` of ``reqMktData``.
         backfill: after a reconnect or resubscription (bars), fetch the missed 5-second
             bars with ``reqHistoricalData``; ``max_backfill_seconds`` caps the gap asked for.
+        resume_after: bars mode: per symbol, the start of the last 5-second bar already
+            stored (e.g. read from the table by ``Pipeline``). The first subscription then
+            backfills every complete bar after it, so bars missed while no stream ran (a
+            restart, a relaunched run) are not lost; anything at or before it is dropped
+            as a duplicate.
         stale_after, resubscribe_after: watchdog thresholds in seconds of silence during
             market hours (default ``ibkr_settings.stale_after`` and 4x that); ``market_open``
             replaces the exchange calendar (``ibkr_settings.exchange_calendar``);
@@ -154,6 +159,7 @@ class IBKRStreamSource(ProviderSource):
         contract_factory: Callable[[str], Any] | None = None,
         generic_ticks: str = "",
         backfill: bool = True,
+        resume_after: Mapping[str, datetime] | None = None,
         max_backfill_seconds: int = 3600,
         backfill_timeout: float = 30.0,
         watchdog: bool = True,
@@ -233,6 +239,10 @@ class IBKRStreamSource(ProviderSource):
         self.unknown_symbols: list[str] = []
         self.backoff_delays: deque[float] = deque(maxlen=100)  # the delays actually waited
         self._symbols = {symbol: SymbolState(symbol) for symbol in self.symbols}
+        for symbol, ts in (resume_after or {}).items():
+            state = self._symbols.get(symbol.strip().upper())
+            if state is not None and self.mode == "bars":
+                state.last_ts = ts.astimezone(UTC)
         self._by_subscription: dict[int, SymbolState] = {}  # id(Ticker or bar list) -> state
         self._channel: Channel[Record] | None = None
         self._resample_stats = OperatorStats()
@@ -558,7 +568,8 @@ class IBKRStreamSource(ProviderSource):
         if self.mode == "quotes":
             self._subscribe_quotes(known)
         else:
-            await self._subscribe_bars(known, backfill=not initial)
+            resuming = any(s.last_ts is not None for s in known)
+            await self._subscribe_bars(known, backfill=not initial or resuming)
         if self._watchdog is not None:
             self._watchdog.rearm([s.symbol for s in known], self._clock())
 
@@ -586,9 +597,9 @@ class IBKRStreamSource(ProviderSource):
                                           self.use_rth, [])  # fmt: skip
                 state.subscription = bars
                 self._by_subscription[id(bars)] = state
+            if self.backfill and self._bars_since is None:
+                await self._mark_first_subscription()
             if not gaps:
-                if not backfill and self.backfill and self._bars_since is None:
-                    await self._mark_first_subscription()
                 return
             # Server time once the subscriptions are sent: live bars cover every bar from the
             # one in progress at this moment on; history fills the rest (complete bars only).
