@@ -203,10 +203,11 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 def coverage(runs: list[RunRecord]) -> tuple[list[tuple[float, float]], list[Window]]:
-    """The periods whose bars must all be in the table, and the stated windows between and
-    after them. A run covers ``[its subscription, its stop)``: every bar that ended by the
-    time the stop was requested (the soak waits until the stream holds the last of them
-    before it stops it). The last window runs to infinity (``math.inf``)."""
+    """The periods whose bars must all be in the table, and the stated window after them.
+    A run covers ``[its subscription, its stop)``: every bar that ended by the time the stop
+    was requested (the soak waits until the stream holds the last of them before it stops
+    it). The gap between two runs is covered too: the next run resumes where the table ends
+    and backfills it. The last window runs to infinity (``math.inf``)."""
     covered: list[tuple[float, float]] = []
     excluded: list[Window] = []
     usable = [r for r in runs if r.subscribed_sim is not None and r.stop_sim is not None]
@@ -221,11 +222,9 @@ def coverage(runs: list[RunRecord]) -> tuple[list[tuple[float, float]], list[Win
         else:
             nxt = usable[i + 1]
             assert nxt.subscribed_sim is not None
-            reason = (
-                f"run {run.index} {run.how_it_ended or 'stopped'} -> run {nxt.index} "
-                "subscribed: a new process does not backfill the bars it never saw"
-            )
-            excluded.append(Window(max(begin, end), _floor(nxt.subscribed_sim), reason))
+            gap = (max(begin, end), _floor(nxt.subscribed_sim))
+            if gap[1] > gap[0]:
+                covered.append(gap)  # backfilled by the next run (it resumes from the table)
     return covered, excluded
 
 

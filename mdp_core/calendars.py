@@ -6,6 +6,7 @@ and gap checks (which parts of a period was it open?).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,11 +33,21 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-@lru_cache(maxsize=16)
+# Calendars are built in threads (IBKR sources use asyncio.to_thread), and catch_warnings
+# swaps the process-wide filters: one builder at a time.
+_building = threading.Lock()
+
+
 def get_calendar(name: str) -> xcals.ExchangeCalendar:
     """The calendar called ``name`` (built once per process: about half a second).
 
     Raises ``ValueError`` naming the calendar and examples of valid names."""
+    with _building:
+        return _build(name)
+
+
+@lru_cache(maxsize=16)
+def _build(name: str) -> xcals.ExchangeCalendar:
     import exchange_calendars as xcals
 
     try:
