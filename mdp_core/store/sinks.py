@@ -121,7 +121,7 @@ class Sink(Generic[R]):
     def days(self, batch: Sequence[R]) -> set[date]:
         """The UTC days the batch's rows fall in (one partition each)."""
         try:
-            return {ts.date() for ts in map(_ts, batch)}  # records hold UTC times
+            return set(map(datetime.date, map(_ts, batch)))  # records hold UTC times
         except (AttributeError, TypeError, ValueError):
             wrong = next(r for r in batch if not isinstance(r.ts, datetime))
             raise ClientDataError(
