@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mdp_core.logs import configure_logging
 from mdp_dagster import dlq, health, rollups, streaming
 from mdp_dagster.resources import DlqResource, StoreResource
 
 __all__ = ["defs"]
+
+# The code server and every run worker import this module: mdp's log lines go to stderr at
+# MDP_LOG_LEVEL (stream runs also forward them to the run's log in the UI).
+configure_logging()
 
 RESOURCES: dict[str, object] = {"store": StoreResource(), "dlq": DlqResource()}
 

@@ -336,7 +336,9 @@ class Stack:
             raise click.ClickException(f"port {self.port} is already in use: pass --port")
         args = [sys.executable, "-m", "dagster", "dev", "-w", str(self.project / "workspace.yaml"),
                 "-h", self.host, "-p", str(self.port)]  # fmt: skip
-        self.dagster = _spawn(args, env=self.env, cwd=self.project, log=None)
+        # Run from DAGSTER_HOME: a dagster.yaml in the working directory that is not
+        # DAGSTER_HOME's makes Dagster warn at every start.
+        self.dagster = _spawn(args, env=self.env, cwd=home, log=None)
         client = Dagster(self.host, self.port)
         deadline = time.monotonic() + 300
         while not client.alive():
