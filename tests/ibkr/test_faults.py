@@ -84,6 +84,26 @@ async def test_restart_reconnects_backfills_and_stores_every_bar_once(
     assert len(gw.requests_for(REQ_HISTORICAL_DATA, client_id=source.client_id)) == 2
 
 
+async def test_a_backfill_that_gets_no_answer_is_a_counted_failure(gw: SimulatedGateway) -> None:
+    """ib_async answers a timed-out (or refused) history request with an empty list; the
+    source must report that as a failed backfill, not as "no bars were missed"."""
+    symbols = ["AAPL", "MSFT"]
+    async with asyncio.timeout(TIMEOUT):
+        source = make_source(gw, symbols, "bars", backfill_timeout=0.5)
+        await source.start()
+        got = Collector(source)
+        await got.wait_for(gw, lambda: all(got.count(s) >= 2 for s in symbols))
+        gw.ignored_requests.add(REQ_HISTORICAL_DATA)  # history requests go unanswered
+        await gw.restart(downtime=0.5)
+        await got.wait_for(gw, lambda: source.stats()["backfill_failures"] == len(symbols))
+        count = len(got.records)
+        await got.wait_for(gw, lambda: len(got.records) > count)  # live bars keep coming
+        await got.finish()
+    failed = {s for e in source.errors if "backfill of" in e.message for s in e.symbols}
+    assert failed == set(symbols)
+    assert source.stats()["backfilled_bars"] == 0
+
+
 async def test_1101_resubscribes_on_the_same_connection(gw: SimulatedGateway) -> None:
     symbols = ["AAPL", "MSFT"]
     async with asyncio.timeout(TIMEOUT):

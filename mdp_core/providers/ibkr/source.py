@@ -248,6 +248,9 @@ class IBKRStreamSource(ProviderSource):
         self._resample_stats = OperatorStats()
         self._counts: Counter[str] = Counter()
         self._codes: Counter[int] = Counter()
+        # req id -> the error IB reported for it: ib_async ends a failed request with an
+        # empty result instead of raising (RaiseRequestErrors is off by default).
+        self._request_errors: dict[int, str] = {}
         self._holding = False  # live bars held while a backfill runs
         # Backfill start for a symbol with no bar yet: just before the first subscription.
         self._bars_since: datetime | None = None
@@ -603,10 +606,15 @@ class IBKRStreamSource(ProviderSource):
                 return
             # Server time once the subscriptions are sent: live bars cover every bar from the
             # one in progress at this moment on; history fills the rest (complete bars only).
-            server_now = await ib.reqCurrentTimeAsync()
-            results = await asyncio.gather(
-                *(self._fetch_gap(s, server_now) for s in gaps), return_exceptions=True
-            )
+            try:
+                async with asyncio.timeout(self.backfill_timeout):
+                    server_now = await ib.reqCurrentTimeAsync()
+            except TimeoutError:
+                results: list[Any] = [TimeoutError("no server time from IB")] * len(gaps)
+            else:
+                results = await asyncio.gather(
+                    *(self._fetch_gap(s, server_now) for s in gaps), return_exceptions=True
+                )
             for state, result in zip(gaps, results, strict=True):
                 if isinstance(result, BaseException):
                     self._counts["backfill_failures"] += 1
@@ -651,11 +659,17 @@ class IBKRStreamSource(ProviderSource):
             self._issue(None, message, [state.symbol])
             seconds = self.max_backfill_seconds
         self._counts["backfill_requests"] += 1
-        history = await self._ib.reqHistoricalDataAsync(
-            state.contract, endDateTime="", durationStr=f"{seconds} S",
-            barSizeSetting="5 secs", whatToShow=self.what_to_show, useRTH=self.use_rth,
-            formatDate=2, timeout=self.backfill_timeout,
-        )  # fmt: skip
+        # Our own timeout: ib_async's returns an empty result on timeout, which would look
+        # like "nothing was missed"; a request error does the same (checked below).
+        async with asyncio.timeout(self.backfill_timeout):
+            history = await self._ib.reqHistoricalDataAsync(
+                state.contract, endDateTime="", durationStr=f"{seconds} S",
+                barSizeSetting="5 secs", whatToShow=self.what_to_show, useRTH=self.use_rth,
+                formatDate=2, timeout=0,
+            )  # fmt: skip
+        error = self._request_errors.pop(getattr(history, "reqId", -1), None)
+        if error is not None:
+            raise ProviderError(f"historical data request refused: {error}")
         bars = []
         for item in history or ():
             if not isinstance(item.date, datetime):
@@ -819,6 +833,8 @@ class IBKRStreamSource(ProviderSource):
 
     def _on_error(self, req_id: int, code: int, message: str, contract: Any = None) -> None:
         self._codes[code] += 1
+        if req_id is not None and req_id >= 0 and len(self._request_errors) < 10_000:
+            self._request_errors[req_id] = f"IB error {code}: {message}"
         if code == 1100:
             logger.warning("ibkr: IB error 1100 at {}: {}", self._where(), message)
             self._issue(code, message)
