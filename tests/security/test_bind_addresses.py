@@ -4,6 +4,7 @@ socket only. Checked on the real listening sockets (psutil), not on configuratio
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import selectors
 import signal
@@ -69,21 +70,25 @@ def test_mdp_gateway_cli_listens_on_loopback_by_default() -> None:
 
 
 def _read_until(proc: Any, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
-    """Read the process's stderr until a line matches ``pattern`` (bounded by ``timeout``)."""
-    seen: list[str] = []
+    """Read the process's stderr until a line matches ``pattern`` (bounded by ``timeout``).
+
+    Reads raw bytes from the descriptor: a buffered ``readline`` could leave the wanted line
+    in Python's buffer while ``select`` waits on an empty pipe."""
+    text = ""
+    fd = proc.stderr.fileno()
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
-        sel.register(proc.stderr, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         while time.monotonic() < deadline:
             if not sel.select(timeout=deadline - time.monotonic()):
                 break
-            line = proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if match := pattern.search(line):
+            text += chunk.decode(errors="replace")
+            if match := pattern.search(text):
                 return match
-    raise AssertionError(f"no line matching {pattern.pattern!r}:\n{''.join(seen)}")
+    raise AssertionError(f"no line matching {pattern.pattern!r}:\n{text}")
 
 
 class _Spawned(Exception):
