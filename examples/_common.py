@@ -84,7 +84,6 @@ def run(pipeline: Pipeline, *, symbols: str, **gateway_options: Any) -> None:
 async def _main(
     pipeline: Pipeline, symbols: list[str], seconds: float | None, gateway_options: dict[str, Any]
 ) -> None:
-    gateway_options.setdefault("time_compression", 60.0)
     async with Database.connect() as db, ibkr_endpoint(symbols, **gateway_options) as ib:
         print(ib.describe(), flush=True)
         print(f"database: {db.describe()}", flush=True)

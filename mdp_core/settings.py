@@ -7,9 +7,9 @@ PostgreSQL under ``.mdp/`` and the simulated IB Gateway on 127.0.0.1:4002.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["IBKRSettings", "MdpSettings", "describe_settings_error", "get_settings"]
@@ -62,6 +62,15 @@ class IBKRSettings(BaseSettings):
     stale_after: float = Field(30.0, gt=0, description="seconds without data = stale")
     exchange_calendar: str = Field("XNYS", description="calendar the staleness watchdog uses")
     max_lines: int = Field(100, ge=1, description="market-data lines per connection")
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> Self:
+        if not self.reconnect_max_backoff >= self.reconnect_initial_backoff:
+            raise ValueError(
+                f"reconnect_max_backoff {self.reconnect_max_backoff} must be at least "
+                f"reconnect_initial_backoff {self.reconnect_initial_backoff}"
+            )
+        return self
 
 
 def get_settings() -> MdpSettings:

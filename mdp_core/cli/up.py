@@ -92,28 +92,31 @@ def _port_in_use(host: str, port: int) -> bool:
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
-async def _ensure_databases(admin_dsn: str, names: list[str]) -> list[str]:
-    """Create the databases of ``names`` that do not exist; return those created."""
+async def _ensure_databases(admin_dsn: str, names: list[str]) -> None:
+    """Create the databases of ``names`` that do not exist (one created by another process
+    meanwhile is fine)."""
     import asyncpg
 
     conn = await asyncpg.connect(admin_dsn, timeout=10)
-    created = []
     try:
         for name in names:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                # name is one of our constants ("mdp", "dagster"), not user input
-                await conn.execute(f'CREATE DATABASE "{name}"')
-                created.append(name)
+                try:
+                    # name is our constant "dagster", not user input
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+                except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                    pass  # another process created it first
     finally:
         await conn.close()
-    return created
 
 
-async def _migrate(dsn: str) -> None:
+async def _migrate(dsn: str | None = None, home: Path | None = None) -> str:
+    """Migrate the database of ``dsn``, or with ``home`` the embedded server's ``mdp``
+    database under ``home/pg`` (created if needed); return its DSN."""
     from mdp_core.store.database import Database
 
-    async with Database.connect(dsn, max_size=1):
-        pass
+    async with Database.connect(dsn, max_size=1, home=home) as db:
+        return db.dsn
 
 
 # -- GraphQL over HTTP ---------------------------------------------------------------------
@@ -283,19 +286,18 @@ class Stack:
                         "create it, or set MDP_DAGSTER_PG_URL to a database Dagster may use"
                     ) from None
             _say(f"PostgreSQL at {describe_dsn(dsn)} (MDP_PG_DSN)")
+            asyncio.run(_migrate(dsn))
         else:
             server = EmbeddedServer(self.home / "pg")
             was_running = server.status().running
             admin = server.start()
             if not was_running:
                 self.embedded = server
-            asyncio.run(_ensure_databases(admin, ["mdp", "dagster"]))
-            dsn = server.dsn("mdp")
-            socket_dir = server.status().socket_dir
-            url = f"postgresql+psycopg2://postgres@/dagster?host={socket_dir}"
+            asyncio.run(_ensure_databases(admin, ["dagster"]))
+            dsn = asyncio.run(_migrate(home=self.home))  # creates the mdp database if needed
+            url = dagster_url_for(dsn)
             state = "started" if not was_running else "already running"
-            _say(f"embedded PostgreSQL {state} in {server.data_dir} (socket {socket_dir})")
-        asyncio.run(_migrate(dsn))
+            _say(f"embedded PostgreSQL {state} in {server.data_dir} ({describe_dsn(dsn)})")
         self.env["MDP_PG_DSN"] = dsn
         self.env["MDP_DAGSTER_PG_URL"] = url
 
@@ -498,9 +500,6 @@ def up(host: str, port: int, gateway_port: int, streams: Path | None, stop_timeo
                 _say(f"the simulated gateway exited (code {stack.gateway.returncode}); stopping")
                 failed = True
                 break
-    except StreamsConfigError as exc:
-        failed = True
-        _say(str(exc))
     except click.ClickException as exc:
         failed = True
         _say(f"error: {exc.format_message()}")

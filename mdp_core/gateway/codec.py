@@ -18,6 +18,7 @@ __all__ = [
     "decode_payload",
     "encode",
     "format_field",
+    "frame",
     "read_frame",
 ]
 
@@ -27,6 +28,7 @@ API_PREFIX = b"API\0"
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 _LENGTH = struct.Struct(">I")
+_pack_length = _LENGTH.pack
 
 Field = str | int | float | bool | None
 
@@ -51,10 +53,14 @@ def format_field(value: Field) -> str:
     return str(value)
 
 
+def frame(payload: bytes) -> bytes:
+    """``payload`` (its NUL-terminated fields) behind its length prefix: a complete frame."""
+    return _pack_length(len(payload)) + payload
+
+
 def encode(*fields: Field) -> bytes:
     """One complete frame (length prefix included) holding ``fields``."""
-    payload = "".join(format_field(f) + "\0" for f in fields).encode()
-    return _LENGTH.pack(len(payload)) + payload
+    return frame("".join(format_field(f) + "\0" for f in fields).encode())
 
 
 def decode_payload(payload: bytes) -> list[str]:

@@ -62,7 +62,6 @@ _BLOCK_LEVELS = 12
 #: Spacing of the random walk's independent anchors (5 s * 2**12, about 5.7 hours).
 BLOCK_SECONDS = BAR_SECONDS * 2**_BLOCK_LEVELS
 _DAY = 86_400.0
-WhatToShow = Literal["TRADES", "MIDPOINT", "BID", "ASK"]
 WHAT_TO_SHOW: tuple[str, ...] = ("TRADES", "MIDPOINT", "BID", "ASK")
 
 # Plausible starting prices for well-known symbols; others get a seeded price.
@@ -198,7 +197,15 @@ def _bar_from_ticks(symbol: str, start: int, ticks: Sequence[SimTick]) -> SimBar
     )
 
 
-def _quote_bar(symbol: str, start: int, values: Sequence[float]) -> SimBar:
+def _quote_bar(symbol: str, start: int, ticks: Sequence[SimTick], what_to_show: str) -> SimBar:
+    """The bar of the ticks' bids (``BID``), asks (``ASK``) or else midpoints; IB sends no
+    volume, WAP or count for those."""
+    if what_to_show == "BID":
+        values = [t.bid for t in ticks]
+    elif what_to_show == "ASK":
+        values = [t.ask for t in ticks]
+    else:
+        values = [round((t.bid + t.ask) / 2, 3) for t in ticks]
     return SimBar(symbol, start, values[0], max(values), min(values), values[-1], -1.0, -1.0, -1)
 
 
@@ -245,10 +252,6 @@ class SimClock:
         """Current simulated time, epoch seconds."""
         return self.start + (self._clock() - self._origin) * self.time_compression
 
-    def real_seconds(self, simulated_seconds: float) -> float:
-        """How long ``simulated_seconds`` take in real time."""
-        return simulated_seconds / self.time_compression
-
 
 _Slot = tuple[SimBar, tuple[SimTick, ...]]
 
@@ -291,15 +294,7 @@ class MarketModel(ABC):
             raise ValueError(f"unsupported whatToShow {what_to_show!r}: expected {WHAT_TO_SHOW}")
         if not ticks:
             return None
-        if what_to_show == "BID":
-            values = [t.bid for t in ticks]
-        elif what_to_show == "ASK":
-            values = [t.ask for t in ticks]
-        else:
-            values = [round((t.bid + t.ask) / 2, 3) for t in ticks]
-        return SimBar(
-            self.symbol, start, values[0], max(values), min(values), values[-1], -1.0, -1.0, -1
-        )
+        return _quote_bar(self.symbol, start, ticks, what_to_show)
 
     def ticks(self, start: int) -> tuple[SimTick, ...]:
         """Ticks of the 5-second bar starting at ``start``, in time order."""
@@ -343,11 +338,7 @@ class MarketModel(ABC):
             return None
         if what_to_show == "TRADES":
             return _bar_from_ticks(self.symbol, start, ticks)
-        field = {"BID": "bid", "ASK": "ask"}.get(what_to_show)
-        values = [getattr(t, field) if field else round((t.bid + t.ask) / 2, 3) for t in ticks]
-        return SimBar(
-            self.symbol, start, values[0], max(values), min(values), values[-1], -1.0, -1.0, -1
-        )
+        return _quote_bar(self.symbol, start, ticks, what_to_show)
 
 
 class RandomWalkModel(MarketModel):
@@ -600,10 +591,6 @@ class ReplayModel(MarketModel):
     def file_minute(self, sim_minute: int) -> int:
         """The file minute (start, epoch) shown at simulated minute ``sim_minute``."""
         return self.first + (sim_minute - self.anchor) % self.period
-
-    def row_at(self, sim_time: float) -> MinuteRow | None:
-        """The file's minute bar shown during the simulated minute containing ``sim_time``."""
-        return self.rows.get(self.file_minute(_floor(sim_time, 60)))
 
     def _generate(self, start: int) -> _Slot | None:
         minute = _floor(start, 60)

@@ -7,11 +7,10 @@ positionally and raise ``MalformedRequest`` naming the field that does not parse
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from mdp_core.gateway.codec import encode
+from mdp_core.gateway.codec import encode, frame
 from mdp_core.gateway.market import SimBar, SimTick
 
 __all__ = [
@@ -170,9 +169,6 @@ def error_msg(req_id: int, code: int, text: str | None = None) -> bytes:
 
     The last field is mandatory at server version >= 166 (ib_async unpacks it)."""
     return encode(Out.ERR_MSG, 2, req_id, code, error_text(code) if text is None else text, "")
-
-
-_LENGTH = struct.Struct(">I")
 
 
 class MalformedRequest(ValueError):
@@ -382,11 +378,6 @@ def historical_update(req_id: int, bar: SimBar, date: str) -> bytes:
     )  # fmt: skip
 
 
-def _frame(text: str) -> bytes:
-    payload = text.encode()
-    return _LENGTH.pack(len(payload)) + payload
-
-
 _PRICE = "1\x006\x00%d\x00%d\x00%r\x00%r\x000\x00"
 _SIZE = "2\x006\x00%d\x00%d\x00%r\x00"
 _STRING = "46\x006\x00%d\x00%d\x00%s\x00"
@@ -420,17 +411,17 @@ def tick_frames(
     d = DELAYED if delayed else _LIVE
     frames = []
     if previous is None or tick.bid != previous.bid:
-        frames.append(_frame(_PRICE % (req_id, d[1], tick.bid, tick.bid_size)))
+        frames.append(frame((_PRICE % (req_id, d[1], tick.bid, tick.bid_size)).encode()))
     elif tick.bid_size != previous.bid_size:
-        frames.append(_frame(_SIZE % (req_id, d[0], tick.bid_size)))
+        frames.append(frame((_SIZE % (req_id, d[0], tick.bid_size)).encode()))
     if previous is None or tick.ask != previous.ask:
-        frames.append(_frame(_PRICE % (req_id, d[2], tick.ask, tick.ask_size)))
+        frames.append(frame((_PRICE % (req_id, d[2], tick.ask, tick.ask_size)).encode()))
     elif tick.ask_size != previous.ask_size:
-        frames.append(_frame(_SIZE % (req_id, d[3], tick.ask_size)))
-    frames.append(_frame(_PRICE % (req_id, d[4], tick.last, tick.last_size)))
-    frames.append(_frame(_SIZE % (req_id, d[5], tick.last_size)))
-    frames.append(_frame(_SIZE % (req_id, d[8], volume)))
-    frames.append(_frame(_STRING % (req_id, d[45], int(tick.time))))
+        frames.append(frame((_SIZE % (req_id, d[3], tick.ask_size)).encode()))
+    frames.append(frame((_PRICE % (req_id, d[4], tick.last, tick.last_size)).encode()))
+    frames.append(frame((_SIZE % (req_id, d[5], tick.last_size)).encode()))
+    frames.append(frame((_SIZE % (req_id, d[8], volume)).encode()))
+    frames.append(frame((_STRING % (req_id, d[45], int(tick.time))).encode()))
     if rt_volume and not delayed:
         ms = round(tick.time * 1000)
         value = f"{tick.last!r};{tick.last_size!r};{ms};{volume!r};{round(vwap, 4)!r};true"

@@ -168,8 +168,7 @@ class SimulatedGateway:
         if not self._instruments:
             raise ValueError("no symbols: expected symbols and/or replay files")
 
-        self._sessions: set[Session] = set()
-        self._session_tasks: set[asyncio.Task[None]] = set()
+        self._sessions: set[Session] = set()  # each with its task, from connect to its end
         self._server: asyncio.Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._unstalled = asyncio.Event()
@@ -291,7 +290,7 @@ class SimulatedGateway:
             return
         server.close()
         self._abort_sessions()
-        tasks = list(self._session_tasks)
+        tasks = [s.task for s in self._sessions if s.task is not None]
         if tasks:
             await asyncio.wait(tasks)
         await server.wait_closed()
@@ -319,7 +318,6 @@ class SimulatedGateway:
         assert task is not None
         session.task = task
         self._sessions.add(session)
-        self._session_tasks.add(task)
         self._count("connections")
         try:
             await session.run()
@@ -330,7 +328,6 @@ class SimulatedGateway:
         finally:
             session.close()
             self._sessions.discard(session)
-            self._session_tasks.discard(task)
 
     def _client_id_in_use(self, client_id: int, asking: Session) -> bool:
         return any(

@@ -13,11 +13,20 @@ are always parameters.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import re
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -137,9 +146,10 @@ class Migration:
     checksum: str  # sha256 of the file, to notice an applied migration that was edited
 
 
-def load_migrations() -> list[Migration]:
-    """The packaged migrations, ordered by version. Raises ``StoreError`` on a misnamed file
-    or a duplicate version."""
+@functools.cache
+def load_migrations() -> tuple[Migration, ...]:
+    """The packaged migrations, ordered by version (read once per process). Raises
+    ``StoreError`` on a misnamed file or a duplicate version."""
     folder = resources.files("mdp_core.store") / "migrations"
     found: dict[int, Migration] = {}
     for entry in folder.iterdir():
@@ -163,7 +173,38 @@ def load_migrations() -> list[Migration]:
             sql=text,
             checksum=hashlib.sha256(text.encode()).hexdigest(),
         )
-    return [found[v] for v in sorted(found)]
+    return tuple(found[v] for v in sorted(found))
+
+
+async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
+    """version -> (version, name, checksum) of the migrations recorded as applied."""
+    rows = await conn.fetch("SELECT version, name, checksum FROM mdp.schema_migrations")
+    return {r["version"]: r for r in rows}
+
+
+def _warn_drift(migrations: Sequence[Migration], applied: Mapping[int, asyncpg.Record]) -> None:
+    """Warn about applied migrations edited since, and about ones this code does not know."""
+    for m in migrations:
+        done = applied.get(m.version)
+        if done is not None and done["checksum"] != m.checksum:
+            logger.warning(
+                "migration {} changed after it was applied (as {}); "
+                "write a new migration instead of editing one",
+                m.name,
+                done["name"],
+            )
+    newer = sorted(set(applied) - {m.version for m in migrations})
+    if newer:
+        logger.warning(
+            "the database has migrations this code does not know ({}): "
+            "it was migrated by a newer mdp",
+            ", ".join(applied[v]["name"] for v in newer),
+        )
+
+
+def _version(names: list[str]) -> int:
+    """The schema version of the applied migrations ``names`` (in order): 0 when none is."""
+    return int(names[-1].split("_", 1)[0]) if names else 0
 
 
 # -- partitions -----------------------------------------------------------------------------
@@ -200,12 +241,13 @@ def _where(dsn: str) -> str:
 
 def _connect_error(dsn: str, exc: BaseException) -> DatabaseError:
     try:
-        where = scrub(f"PostgreSQL at {describe_dsn(dsn)}", dsn)  # a mistyped DSN's parts
-    except ValueError as bad:
+        describe_dsn(dsn)
+    except ValueError as bad:  # a mistyped DSN: say what is wrong with it
         return DatabaseError(
             f"cannot connect: {scrub(str(bad), dsn)}; expected a DSN like "
             "postgresql://user:password@host:5432/database (check MDP_PG_DSN)"
         )
+    where = _where(dsn)
     reason = scrub(f"{type(exc).__name__}: {exc}", dsn)
     if isinstance(
         exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
@@ -387,26 +429,23 @@ class Database:
         """Apply the pending migrations in order, one transaction each; return their names.
 
         Idempotent (a second call applies nothing) and safe when several processes connect
-        at once: they queue on an advisory lock. A migration that fails is rolled back and
+        at once: they queue on an advisory lock. When every migration is already applied it
+        returns at once, without taking that lock. A migration that fails is rolled back and
         raised as ``DatabaseError`` naming it."""
         migrations = load_migrations()
         applied_now: list[str] = []
         async with self.pool.acquire() as conn:
+            if await conn.fetchval("SELECT to_regclass('mdp.schema_migrations')") is not None:
+                applied = await _applied(conn)
+                if all(m.version in applied for m in migrations):
+                    _warn_drift(migrations, applied)
+                    return []
             await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _MIGRATIONS_LOCK)
             try:
                 await conn.execute(_BOOTSTRAP)
-                rows = await conn.fetch("SELECT version, name, checksum FROM mdp.schema_migrations")
-                applied = {r["version"]: r for r in rows}
+                applied = await _applied(conn)
                 for m in migrations:
-                    done = applied.get(m.version)
-                    if done is not None:
-                        if done["checksum"] != m.checksum:
-                            logger.warning(
-                                "migration {} changed after it was applied (as {}); "
-                                "write a new migration instead of editing one",
-                                m.name,
-                                done["name"],
-                            )
+                    if m.version in applied:
                         continue
                     try:
                         async with conn.transaction():
@@ -425,13 +464,7 @@ class Database:
                         ) from exc
                     logger.info("applied migration {}", m.name)
                     applied_now.append(m.name)
-                newer = sorted(set(applied) - {m.version for m in migrations})
-                if newer:
-                    logger.warning(
-                        "the database has migrations this code does not know ({}): "
-                        "it was migrated by a newer mdp",
-                        ", ".join(applied[v]["name"] for v in newer),
-                    )
+                _warn_drift(migrations, applied)
             finally:
                 try:
                     await conn.execute(
@@ -451,8 +484,7 @@ class Database:
 
     async def schema_version(self) -> int:
         """The highest applied migration version (0 when none is)."""
-        names = await self.applied_migrations()
-        return int(names[-1].split("_", 1)[0]) if names else 0
+        return _version(await self.applied_migrations())
 
     # -- partitions and retention -----------------------------------------------------------
 
@@ -527,9 +559,8 @@ class Database:
         dropped: list[str] = []
         async with self.pool.acquire() as conn:
             for table in PARTITIONED_TABLES:
-                found = await conn.fetch(_LIST_PARTITIONS, f"mdp.{table}")
-                for relname, pending in [(r["relname"], r["detach_pending"]) for r in found]:
-                    match = _PARTITION_NAME.match(relname)
+                for row in await conn.fetch(_LIST_PARTITIONS, f"mdp.{table}"):
+                    match = _PARTITION_NAME.match(row["relname"])
                     if match is None or match.group(1) != table:
                         continue  # not one of ours: leave it alone
                     day = datetime.strptime(match.group(2), "%Y%m%d").date()
@@ -537,7 +568,7 @@ class Database:
                     if end > cutoff:
                         continue
                     name = partition_name(table, day)  # rebuilt from the date, not the catalog
-                    how = "FINALIZE" if pending else "CONCURRENTLY"
+                    how = "FINALIZE" if row["detach_pending"] else "CONCURRENTLY"
                     await conn.execute(f"ALTER TABLE mdp.{table} DETACH PARTITION mdp.{name} {how}")
                     await conn.execute(f"DROP TABLE IF EXISTS mdp.{name}")
                     self._known_partitions.discard((table, day))
@@ -630,7 +661,7 @@ class Database:
             "database": self.describe(),
             "dsn": self.safe_dsn,
             "server_version": version,
-            "schema_version": int(migrations[-1].split("_", 1)[0]) if migrations else 0,
+            "schema_version": _version(migrations),
             "migrations": migrations,
             "rows": counts,
         }
@@ -651,8 +682,17 @@ def _embedded_server(home: str | Path | None, settings: MdpSettings) -> Embedded
     return EmbeddedServer(home_dir / "pg")
 
 
+# The ``mdp`` DSN of each embedded server (data dir, postmaster pid) whose ``mdp`` database
+# this process has seen exist: later connects skip the admin round trip (a restarted server
+# has a new pid, so it is checked again).
+_EMBEDDED_READY: dict[tuple[Path, int | None], str] = {}
+
+
 async def _embedded_dsn(server: EmbeddedServer, connect_timeout: float) -> str:
     """Start (or reuse) the embedded server and make sure its ``mdp`` database exists."""
+    status = server.status()
+    if status.running and (known := _EMBEDDED_READY.get((server.data_dir, status.pid))):
+        return known
     try:
         admin = await asyncio.to_thread(server.start)
     except Exception as exc:
@@ -676,4 +716,6 @@ async def _embedded_dsn(server: EmbeddedServer, connect_timeout: float) -> str:
                 pass  # another process created it first
     finally:
         await conn.close()
-    return server.dsn(database=EMBEDDED_DATABASE)
+    dsn = server.dsn(database=EMBEDDED_DATABASE)
+    _EMBEDDED_READY[(server.data_dir, server.status().pid)] = dsn
+    return dsn

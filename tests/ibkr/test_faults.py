@@ -15,7 +15,7 @@ from mdp_core import CoordinatorSettings, DeadLetterQueue, RetryPolicy, WriteCoo
 from mdp_core.gateway import SimulatedGateway
 from mdp_core.models import Bar
 from mdp_core.providers.base import ProviderError
-from mdp_core.providers.ibkr import DuplicateClientIdError, IBKRStreamSource, ReconnectBackoff
+from mdp_core.providers.ibkr import DuplicateClientIdError, IBKRStreamSource
 from mdp_core.settings import IBKRSettings
 from mdp_core.store import BarsSink, Database
 from tests.ibkr.helpers import (
@@ -156,10 +156,9 @@ async def test_watchdog_reports_silence_during_1100(gw: SimulatedGateway) -> Non
         await source.start()
         got = Collector(source)
         await got.wait_for(gw, lambda: all(got.count(s) >= 2 for s in symbols))
-        assert source.stale_symbols() == []
         gw.connectivity_lost()  # 1100: the socket stays up, the data stops
         await got.wait_for(gw, lambda: source.stale_symbols() == symbols)
-        assert source.stats()["stale"] == 2
+        assert source.stats()["stale"] >= len(symbols)  # more if a slow machine paused before
         # reported (in one event, or one per symbol when their last ticks fell in
         # different watchdog intervals)
         reported = {s for e in source.errors if "stale" in e.message for s in e.symbols}
@@ -232,8 +231,10 @@ async def test_reconnect_backoff_follows_the_policy(gw: SimulatedGateway) -> Non
         await pumps_until(gw, lambda: source.stats()["reconnects"] == 1)
         await source.stop()
 
-    policy = ReconnectBackoff(0.5, 1.5, random.Random(7))
-    assert delays == [policy.delay(n) for n in range(1, failures_wanted + 2)]
+    policy = RetryPolicy(
+        initial_backoff=0.5, max_backoff=1.5, multiplier=2, jitter="equal", rng=random.Random(7)
+    )
+    assert delays == [policy.backoff(n) for n in range(1, failures_wanted + 2)]
     caps = [0.5, 1.0, 1.5, 1.5]  # doubling, capped at reconnect_max_backoff
     assert all(cap / 2 <= d <= cap for d, cap in zip(delays, caps, strict=True))
     stats = source.stats()

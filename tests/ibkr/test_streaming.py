@@ -132,8 +132,7 @@ async def test_no_known_symbol_is_a_provider_error(gw: SimulatedGateway) -> None
         source = make_source(gw, ["NOPE", "ZZZZ"], "bars")
         with pytest.raises(ProviderError, match=r"none of the symbols NOPE, ZZZZ is known"):
             await source.start()
-        await gw.wait_pumps(2)
-        assert gw.sessions() == []  # it disconnected on the way out
+        await pumps_until(gw, lambda: gw.sessions() == [])  # it disconnected on the way out
         assert source.state == "failed"
 
 

@@ -1,19 +1,20 @@
-"""Pure parts of the IBKR provider: the watchdog's rules, the backoff policy, the lazy import
+"""Pure parts of the IBKR provider: the watchdog's rules, the backoff settings, the lazy import
 of ib_async, and the endpoint choice."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 import sys
 from datetime import UTC, datetime
 
 import pytest
+from pydantic import ValidationError
 
 from mdp_core.providers.base import ProviderError
-from mdp_core.providers.ibkr import ReconnectBackoff, compat, ibkr_configured, ibkr_endpoint
+from mdp_core.providers.ibkr import compat, ibkr_configured, ibkr_endpoint
 from mdp_core.providers.ibkr.watchdog import StalenessWatchdog, load_market_hours
+from mdp_core.settings import IBKRSettings, describe_settings_error
 
 
 class Market:
@@ -66,12 +67,16 @@ async def test_market_hours_of_the_nyse_calendar() -> None:
         await load_market_hours("NOPE")
 
 
-def test_backoff_doubles_up_to_the_cap_with_jitter() -> None:
-    policy = ReconnectBackoff(0.5, 4.0, random.Random(1))
-    assert [policy.cap(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert all(policy.cap(n) / 2 <= policy.delay(n) <= policy.cap(n) for n in range(1, 50))
-    with pytest.raises(ValueError, match=r"max_backoff 0\.1"):
-        ReconnectBackoff(0.5, 0.1)
+def test_a_reconnect_backoff_cap_below_its_first_delay_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MDP_IBKR_RECONNECT_INITIAL_BACKOFF", "0.5")
+    monkeypatch.setenv("MDP_IBKR_RECONNECT_MAX_BACKOFF", "0.1")
+    with pytest.raises(ValidationError) as info:
+        IBKRSettings()
+    message = describe_settings_error(info.value)
+    assert message is not None
+    assert "reconnect_max_backoff 0.1 must be at least reconnect_initial_backoff 0.5" in message
 
 
 def test_missing_ib_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

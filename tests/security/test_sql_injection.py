@@ -310,7 +310,7 @@ ALLOWED = {
     # class constants of the sinks (_QUOTES_INSERT / _BARS_INSERT; STAGE_TABLES values)
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._insert_sql"),
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
-    # names come from the callers' literals only: ["dagster"] and ["mdp", "dagster"]
+    # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),
     # lookups in constant dicts of queries; unknown names raise ValueError (_sql_for)
     ("mdp_dagster/health.py", "check_freshness", "_sql_for(_NEWEST, table)"),

@@ -68,6 +68,38 @@ async def test_concurrent_connects_migrate_exactly_once(fresh_dsn: str) -> None:
             await db.close()
 
 
+async def _lock_waiters(conn: asyncpg.Connection) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+    )
+
+
+async def test_migrate_takes_the_lock_only_while_something_is_pending(fresh_dsn: str) -> None:
+    holder = await asyncpg.connect(fresh_dsn)  # another process holding the migrations lock
+    try:
+        await holder.execute("SELECT pg_advisory_lock(hashtextextended('mdp:migrations', 0))")
+        async with asyncio.timeout(60), Database.connect(fresh_dsn, migrate=False) as db:
+            # pending migrations: migrate() queues behind the holder
+            pending = asyncio.create_task(db.migrate())
+            while await _lock_waiters(holder) == 0:
+                assert not pending.done()
+                await asyncio.sleep(0.02)
+            assert not pending.done()
+            await holder.execute("SELECT pg_advisory_unlock(hashtextextended('mdp:migrations', 0))")
+            assert await pending == [m.name for m in load_migrations()]
+
+            # all applied: connecting and migrating return at once, though the lock is held
+            await holder.execute("SELECT pg_advisory_lock(hashtextextended('mdp:migrations', 0))")
+            async with Database.connect(fresh_dsn) as again:
+                assert await again.migrate() == []
+            assert await _lock_waiters(holder) == 0
+    finally:
+        await holder.close()
+
+
 async def test_connect_without_migrating_leaves_the_database_empty(fresh_dsn: str) -> None:
     async with Database.connect(fresh_dsn, migrate=False) as db:
         assert await db.applied_migrations() == []
@@ -95,6 +127,10 @@ async def test_connect_defaults_to_the_embedded_server_under_mdp_home(outside_ho
         assert server.status().running  # left running for other processes
         async with Database.connect() as again:  # reuses the running server
             assert again.dsn == db.dsn
+        server.destroy()  # a new server in the same place: its mdp database is created again
+        async with Database.connect() as anew:
+            assert await anew.pool.fetchval("SELECT current_database()") == "mdp"
+            assert await anew.applied_migrations() != []
     finally:
         server.destroy()
 

@@ -6,7 +6,6 @@ Importing this package needs neither ib_async nor ib_insync; building a source d
 
 from __future__ import annotations
 
-from mdp_core.providers.ibkr.backoff import ReconnectBackoff
 from mdp_core.providers.ibkr.connection import DuplicateClientIdError, IBKRConnectError
 from mdp_core.providers.ibkr.endpoint import IBKREndpoint, ibkr_configured, ibkr_endpoint
 from mdp_core.providers.ibkr.source import IBKRIssue, IBKRStreamSource
@@ -17,7 +16,6 @@ __all__ = [
     "IBKREndpoint",
     "IBKRIssue",
     "IBKRStreamSource",
-    "ReconnectBackoff",
     "ibkr_configured",
     "ibkr_endpoint",
 ]

@@ -31,11 +31,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from mdp_core.channel import Channel, ChannelClosed, Overflow
+from mdp_core.coordinator import RetryPolicy
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record, resolution_seconds
 from mdp_core.operators import OperatorStats, resample_bars
 from mdp_core.providers.base import ProviderError, ProviderSource
-from mdp_core.providers.ibkr.backoff import ReconnectBackoff
 from mdp_core.providers.ibkr.compat import IBLibrary, load_ib_library
 from mdp_core.providers.ibkr.connection import connect_ib
 from mdp_core.providers.ibkr.records import (
@@ -223,10 +223,15 @@ class IBKRStreamSource(ProviderSource):
         self._watchdog: StalenessWatchdog | None = None
         # validate the thresholds now (the watchdog itself is built in start())
         StalenessWatchdog(self.stale_after, self.resubscribe_after, lambda now: True)
-        self._backoff = ReconnectBackoff(
-            settings.reconnect_initial_backoff,
-            max(settings.reconnect_max_backoff, settings.reconnect_initial_backoff),
-            rng or random.Random(),
+        # Equal jitter: never a burst of instant retries (a restarting gateway refuses
+        # connections for a minute or two), and clients that lost the same gateway do not
+        # come back in lockstep.
+        self._backoff = RetryPolicy(
+            initial_backoff=settings.reconnect_initial_backoff,
+            max_backoff=settings.reconnect_max_backoff,
+            multiplier=2,
+            jitter="equal",
+            rng=rng,
         )
         self._sleep = sleep
         self._clock = time.monotonic
@@ -757,7 +762,7 @@ class IBKRStreamSource(ProviderSource):
         attempt = 0
         while not self._stopping:
             attempt += 1
-            delay = self._backoff.delay(attempt)
+            delay = self._backoff.backoff(attempt)
             self.backoff_delays.append(delay)
             logger.info(
                 "ibkr: reconnecting to {} in {:.2f}s (attempt {})", self._where(), delay, attempt
