@@ -744,12 +744,10 @@ class WriteCoordinator(Generic[T]):
         while True:
             probing = False
             if breaker.state != "closed":
-                deadline = (
-                    None if breaker.outage_since is None else breaker.outage_since + policy.budget
-                )
-                if not await breaker.acquire(deadline):
-                    error = last or breaker.last_error or ErrorInfo("CircuitOpen", None, "")
-                    return "exhausted", error, attempt, first_failed
+                # Only record_failure() leaves "closed": it sets outage_since and last_error.
+                assert breaker.outage_since is not None
+                if not await breaker.acquire(breaker.outage_since + policy.budget):
+                    return "exhausted", last or breaker.last_error, attempt, first_failed
                 probing = breaker.state == "half_open"
             attempt += 1
             try:

@@ -19,9 +19,10 @@ Guarantees:
   A failed write is truncated away, so a segment never holds half a record of ours.
 - ``replay`` never loses a record, even if the process dies in the middle: committed
   records leave the spool only after the rewritten segment (the records still failing) is
-  durably in place; a crash can at worst leave duplicates (same record id, de-duplicated
-  on reading) and re-write rows that are already in the table, which the idempotent upsert
-  absorbs. Replaying an already replayed spool writes nothing.
+  durably in place; a crash can at worst leave duplicates (same record id; everywhere the
+  copy in the later segment, the newer one, wins) and re-write rows that are already in
+  the table, which the idempotent upsert absorbs. Replaying an already replayed spool
+  writes nothing.
 """
 
 from __future__ import annotations
@@ -282,6 +283,33 @@ class DeadLetterQueue:
                 bad.append(line)
         return records, bad
 
+    @staticmethod
+    def _ids(path: Path) -> Iterator[str]:
+        """The record ids of one file, cheaply: no ``DeadLetterRecord`` is built. Lines
+        that are not a JSON object with an ``id`` are skipped (as ``_read`` does)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        for line in text.splitlines():
+            try:
+                record_id = str(json.loads(line)["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            yield record_id
+
+    def _latest_copies(self, files: Sequence[Path]) -> dict[str, int]:
+        """Record id -> index in ``files`` (spool order) of the file with its latest copy.
+
+        An id is in two files only after a crash in ``_settle`` (the rewritten segment was
+        written, the claimed one not yet removed); the later file holds the newer copy (more
+        attempts, a later ``last_failed_at``). Everywhere the later copy wins."""
+        latest: dict[str, int] = {}
+        for index, path in enumerate(files):
+            for record_id in self._ids(path):
+                latest[record_id] = index
+        return latest
+
     # -- writing ------------------------------------------------------------------------
 
     def put(
@@ -370,8 +398,11 @@ class DeadLetterQueue:
         return out
 
     def count(self, *, quarantined: bool = False) -> int:
-        """How many records the spool (or the quarantine) holds."""
-        return len(self.list(quarantined=quarantined))
+        """How many records the spool (or the quarantine) holds (distinct ids, as ``list``).
+
+        Cheap enough to poll: it parses each line's JSON for its id and builds nothing."""
+        files = [self.directory / QUARANTINE_FILE] if quarantined else self._spool_files()
+        return len({record_id for path in files for record_id in self._ids(path)})
 
     # -- claiming and rewriting (replay, purge) -------------------------------------------
 
@@ -454,12 +485,12 @@ class DeadLetterQueue:
         classify = classify or classify_error
         totals = _Totals()
         with self._replay_lock():
-            seen: set[str] = set()
             stopped = False
-            for claimed in self._claim():
+            claims = self._claim()
+            latest = self._latest_copies(claims)
+            for index, claimed in enumerate(claims):
                 records, corrupt = self._read(claimed)
-                fresh = [r for r in records if r.id not in seen]
-                seen.update(r.id for r in fresh)
+                fresh = _latest_of(records, latest, index)
                 todo = [r for r in fresh if r.kind in sinks]
                 if not records and not corrupt:  # an empty segment: nothing to keep
                     self._settle(claimed, [], [], [])
@@ -540,11 +571,11 @@ class DeadLetterQueue:
                     else:
                         quarantine.unlink()
             if not quarantined_only:
-                seen: set[str] = set()
-                for claimed in self._claim():
+                claims = self._claim()
+                latest = self._latest_copies(claims)
+                for index, claimed in enumerate(claims):
                     records, corrupt = self._read(claimed)
-                    fresh = [r for r in records if r.id not in seen]
-                    seen.update(r.id for r in fresh)
+                    fresh = _latest_of(records, latest, index)
                     keep = [r for r in fresh if not doomed(r)]
                     deleted += len(fresh) - len(keep)
                     self._settle(claimed, keep, [], corrupt)
@@ -572,9 +603,12 @@ class _Totals:
         )
 
 
-def _one_kind(batch: builtins.list[DeadLetterRecord]) -> bool:
-    kind = batch[0].kind
-    return all(r.kind == kind for r in batch)
+def _latest_of(
+    records: builtins.list[DeadLetterRecord], latest: dict[str, int], index: int
+) -> builtins.list[DeadLetterRecord]:
+    """The records of file ``index`` that are their id's latest copy (see
+    ``_latest_copies``), one per id; superseded copies are left out."""
+    return builtins.list({r.id: r for r in records if latest.get(r.id, index) == index}.values())
 
 
 async def _replay_batch(

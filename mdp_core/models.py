@@ -24,6 +24,7 @@ __all__ = [
     "Bar",
     "Quote",
     "Record",
+    "normalize_symbol",
     "parse_resolution",
     "record_from_dict",
     "resolution_seconds",
@@ -93,12 +94,19 @@ def resolution_timedelta(value: str | timedelta) -> timedelta:
 _CLEAN_SYMBOLS: set[str] = set()
 
 
-def _symbol(cls: str, value: object) -> str:
+def normalize_symbol(value: object, field: str = "symbol") -> str:
+    """``value`` stripped and upper-cased: the one symbol rule, for records, providers and
+    windows alike (a str of 1-64 printable characters once normalised).
+
+    Raises ``TypeError`` if ``value`` is not a str, else ``ValueError`` naming ``field``
+    and the value if it breaks the rule."""
+    if value.__class__ is str and value in _CLEAN_SYMBOLS:
+        return value
     if not isinstance(value, str):
-        raise TypeError(f"{cls}.symbol must be a str, got {type(value).__name__} {value!r}")
+        raise TypeError(f"invalid {field} {value!r}: expected a str, got {type(value).__name__}")
     symbol = value.strip().upper()
     if not symbol or len(symbol) > 64 or not symbol.isprintable():
-        raise ValueError(f"{cls}.symbol {value!r} is invalid: expected 1-64 printable characters")
+        raise ValueError(f"invalid {field} {value!r}: expected 1-64 printable characters")
     if len(_CLEAN_SYMBOLS) < 100_000:
         _CLEAN_SYMBOLS.add(symbol)
     return symbol
@@ -190,7 +198,7 @@ class Quote:
         ):
             return
         s = object.__setattr__
-        s(self, "symbol", _symbol("Quote", self.symbol))
+        s(self, "symbol", normalize_symbol(self.symbol, "Quote.symbol"))
         s(self, "ts", _utc("Quote", self.ts))
         s(self, "bid", _price("Quote", "bid", b))
         s(self, "ask", _price("Quote", "ask", a))
@@ -274,7 +282,7 @@ class Bar:
         ):
             return
         s = object.__setattr__
-        s(self, "symbol", _symbol("Bar", self.symbol))
+        s(self, "symbol", normalize_symbol(self.symbol, "Bar.symbol"))
         s(self, "ts", _utc("Bar", self.ts))
         o = _required_price("Bar", "open", o)
         h = _required_price("Bar", "high", h)

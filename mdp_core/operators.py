@@ -489,7 +489,7 @@ async def _with_idle_ticks(
     ``stats.dropped``. Closes the upstream.
     """
     buffer: Channel[T] = Channel(_READ_AHEAD)
-    pump = asyncio.ensure_future(_pump(upstream, buffer))
+    pump = asyncio.ensure_future(_pump(upstream, buffer, stats))
     getter: asyncio.Future[T] | None = None  # a buffer.get() in flight
     timer: asyncio.Future[Any] | None = None
     last = clock()
@@ -539,11 +539,18 @@ async def _with_idle_ticks(
         await _aclose(upstream)
 
 
-async def _pump(upstream: AsyncIterator[T], buffer: Channel[T]) -> None:
-    """Move items from ``upstream`` into ``buffer``; close it at the end, or with the error."""
+async def _pump(upstream: AsyncIterator[T], buffer: Channel[T], stats: OperatorStats) -> None:
+    """Move items from ``upstream`` into ``buffer``; close it at the end, or with the error.
+
+    An item taken from the upstream but never buffered (the pump was cancelled, or the
+    buffer closed, while it waited for room) is counted in ``stats.dropped``."""
     try:
         async for item in upstream:
-            await buffer.put(item)
+            try:
+                await buffer.put(item)
+            except (asyncio.CancelledError, ChannelClosed):
+                stats.dropped += 1
+                raise
     except Exception as exc:
         buffer.close(exc)
     except BaseException:

@@ -259,7 +259,8 @@ class Pipeline:
       stream stops, drains and fails with ``LockHeldError``;
     - stopping (``request_stop()``, ``max_seconds`` or the provider ending) stops the
       provider, delivers what the channel holds, and drains the coordinator: every emitted
-      record ends committed, dead-lettered (durably) or counted as dropped;
+      record ends committed, dead-lettered (durably) or counted as dropped. Cancelling
+      ``run()`` is a stop request too: it drains the same way, then raises ``CancelledError``;
     - a provider failure is raised from ``run()`` after the drain, never swallowed;
     - an IBKR 5-second bars stream resumes where the table ends: the bars missed while no
       stream ran (a restart, a relaunched run) are backfilled from IB's history (up to the
@@ -322,6 +323,7 @@ class Pipeline:
         self._state = "running"
         self._started, self._started_at = time.monotonic(), datetime.now(UTC)
         background: list[asyncio.Task[None]] = []
+        cancelled = False  # run() was cancelled while streaming: drained, then re-raised
         try:
             if self.single_writer:
                 await self._acquire_lock()
@@ -345,19 +347,31 @@ class Pipeline:
                     )
                 consume = asyncio.create_task(self._consume(self._channel, self._coordinator))
                 stop = asyncio.create_task(self._stop.wait())
-                done, _ = await asyncio.wait(
-                    {consume, stop}, timeout=max_seconds, return_when=asyncio.FIRST_COMPLETED
-                )
-                stop.cancel()
-                self._state = "draining"
-                if consume not in done:
-                    logger.info("stream {}: stopping provider, draining", spec.name)
-                    await runtime.stop()  # closes the channel; consume delivers what it holds
                 try:
-                    await consume
-                except Exception as exc:  # the provider's failure, raised after the drain
-                    self._error = exc
+                    try:
+                        done, _ = await asyncio.wait(
+                            {consume, stop},
+                            timeout=max_seconds,
+                            return_when=asyncio.FIRST_COMPLETED,
+                        )
+                    except asyncio.CancelledError:
+                        cancelled = True  # a stop request: drain, then re-raise below
+                        done = set()
+                    self._state = "draining"
+                    if consume not in done:
+                        logger.info("stream {}: stopping provider, draining", spec.name)
+                        await runtime.stop()  # closes the channel; consume delivers the rest
+                    try:
+                        await consume
+                    except Exception as exc:  # the provider's failure, raised after the drain
+                        self._error = exc
+                finally:  # no task outlives run(), whatever interrupted it
+                    for task in (stop, consume):
+                        task.cancel()
+                    await asyncio.gather(stop, consume, return_exceptions=True)
                 # leaving the stack drains the coordinator
+            if cancelled:
+                raise asyncio.CancelledError
         except BaseException as exc:
             self._error = self._error or exc
             raise

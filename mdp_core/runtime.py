@@ -27,10 +27,11 @@ from typing import Any, Literal, Self
 
 from mdp_core.channel import Channel, ChannelClosed, ChannelStats, Overflow
 from mdp_core.logs import logger
-from mdp_core.models import Bar, Quote, Record, parse_resolution, resolution_seconds
+from mdp_core.models import Bar, Quote, Record, parse_resolution
 from mdp_core.providers.base import ProviderSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.settings import MdpSettings, get_settings
+from mdp_core.windows import can_roll_up
 
 __all__ = ["RuntimeOrchestrator", "StreamStats"]
 
@@ -162,8 +163,16 @@ class RuntimeOrchestrator:
             kwargs["bar_resolution"] = resolution
         source = self.registry.build(name, **kwargs)
         native = source.resolution if mode == "bars" else None
-        if resolution is not None and native is not None and native != resolution:
-            _check_multiple(name, native, resolution)
+        if (
+            resolution is not None
+            and native is not None
+            and native != resolution
+            and not can_roll_up(native, resolution)
+        ):
+            raise ValueError(
+                f"provider {name!r} delivers {native} bars: resolution {resolution!r} "
+                f"cannot be made from them (expected a multiple of {native})"
+            )
         try:
             await source.start()
         except BaseException:
@@ -292,15 +301,6 @@ class RuntimeOrchestrator:
                 resample=s.resample_stats.as_dict() if s.resample_stats is not None else None,
             )
         return out
-
-
-def _check_multiple(provider: str, native: str, requested: str) -> None:
-    native_s, requested_s = resolution_seconds(native), resolution_seconds(requested)
-    if requested_s <= native_s or requested_s % native_s:
-        raise ValueError(
-            f"provider {provider!r} delivers {native} bars: resolution {requested!r} cannot "
-            f"be made from them (expected a multiple of {native})"
-        )
 
 
 async def _quietly_stop(source: ProviderSource, timeout: float) -> None:

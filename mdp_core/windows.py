@@ -31,14 +31,27 @@ import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from mdp_core.models import RESOLUTIONS, Bar, parse_resolution
+from mdp_core.models import (
+    _CLEAN_SYMBOLS,
+    RESOLUTIONS,
+    Bar,
+    normalize_symbol,
+    parse_resolution,
+    resolution_seconds,
+)
 
-__all__ = ["BarWindows", "InvalidEvent", "OhlcWindows"]
+__all__ = ["BarWindows", "InvalidEvent", "OhlcWindows", "can_roll_up"]
 
 _INF = math.inf
 _NO_BARS: tuple[Bar, ...] = ()
 _MIN_TIME = datetime.min.replace(tzinfo=UTC)  # before any event
-_MAX_KNOWN_SYMBOLS = 100_000
+
+
+def can_roll_up(finer: str, coarser: str) -> bool:
+    """Whether bars of resolution ``finer`` roll up into ``coarser`` windows: they must be
+    finer than the window and divide it (5s -> 1m, 1m -> 1h). Both are resolution labels."""
+    fine, coarse = resolution_seconds(finer), resolution_seconds(coarser)
+    return fine < coarse and coarse % fine == 0
 
 
 class InvalidEvent(ValueError):
@@ -134,9 +147,8 @@ class _Windows:
         emitted window are late."""
         if not self._open:
             return []
-        end = max(self._open) + self.width
-        if end > self._closed_through:
-            self._set_closed_through(end)
+        # Open windows all start at or after _closed_through, so this only moves it forward.
+        self._set_closed_through(max(self._open) + self.width)
         return self._emit(_INF)
 
     def _close_until(self, max_time: datetime) -> list[Bar]:
@@ -206,7 +218,6 @@ class OhlcWindows(_Windows):
         if not isinstance(source, str):
             raise ValueError(f"source {source!r} is invalid: expected a str")
         self.source = source
-        self._symbols: set[str] = set()  # symbols already checked
 
     def add(
         self, symbol: str, ts: datetime, price: float | None, volume: float | None = 0.0
@@ -217,8 +228,8 @@ class OhlcWindows(_Windows):
         changed), else the bars closed by the watermark advance (usually empty).
         Raises ``InvalidEvent`` (a ``ValueError``) for a price that is not a finite
         number > 0, a volume that is not a finite number >= 0 (``None`` counts as 0), a
-        time that is not a timezone-aware datetime, or a symbol that is not a normalised
-        (stripped, upper-case, printable) string; nothing changes then.
+        time that is not a timezone-aware datetime, or a symbol that breaks the records'
+        rule (``models.normalize_symbol``) or is not normalised; nothing changes then.
         """
         try:
             if price is None or not 0.0 < price < _INF:
@@ -244,7 +255,7 @@ class OhlcWindows(_Windows):
             raise
         state = states.get(symbol)
         if state is None:
-            if symbol not in self._symbols:
+            if symbol not in _CLEAN_SYMBOLS:  # known clean symbols skip the check
                 self._check_symbol(symbol)
             states[symbol] = [ts, price, price, price, ts, price, volume]
         else:
@@ -266,20 +277,15 @@ class OhlcWindows(_Windows):
         return _NO_BARS
 
     def _check_symbol(self, symbol: object) -> None:
-        if (
-            not isinstance(symbol, str)
-            or not symbol
-            or len(symbol) > 64
-            or not symbol.isprintable()
-            or symbol != symbol.strip().upper()
-        ):
+        """The records' symbol rule, and already normalised: ``"aapl"`` and ``"AAPL"``
+        would otherwise aggregate apart into bars of the same key."""
+        try:
+            clean = normalize_symbol(symbol)
+            if clean != symbol:
+                raise ValueError(f"symbol {symbol!r} is not normalised: expected {clean!r}")
+        except (TypeError, ValueError) as exc:
             self._discard_empty()  # the window may have been created for this event
-            raise InvalidEvent(
-                f"symbol {symbol!r} is invalid: expected a stripped, upper-case, printable "
-                "str of 1-64 characters"
-            )
-        if len(self._symbols) < _MAX_KNOWN_SYMBOLS:
-            self._symbols.add(symbol)
+            raise InvalidEvent(str(exc)) from None
 
     def _bar(self, symbol: str, ts: datetime, state: list) -> Bar:
         return Bar(
@@ -364,8 +370,7 @@ class BarWindows(_Windows):
         return _NO_BARS
 
     def _check_resolution(self, bar: Bar) -> None:
-        seconds = RESOLUTIONS[bar.resolution]
-        if seconds >= self.width or self.width % seconds:
+        if not can_roll_up(bar.resolution, self.resolution):
             raise ValueError(
                 f"resample_bars: bar {bar.symbol} {bar.ts.isoformat()} has resolution "
                 f"{bar.resolution!r}, which cannot be rolled up into {self.resolution!r} "

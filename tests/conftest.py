@@ -67,3 +67,17 @@ async def pg_conn(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(fresh_dsn)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def own_server() -> Iterator[EmbeddedServer]:
+    """A dedicated embedded server (fault tests stop and restart it), outside pytest's
+    0700 temporary root so the server's system user can reach its data directory."""
+    home = Path(tempfile.mkdtemp(prefix="mdp-own-pg-"))
+    server = EmbeddedServer(home / "pg")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(home, ignore_errors=True)

@@ -97,10 +97,8 @@ def stream(
                  --option path=data/SPY_1min_2011-01.csv --symbols SPY
       mdp stream --config streams.yaml --name ibkr_bars
     """
-    from mdp_core.logs import configure_logging
     from mdp_core.settings import get_settings
 
-    configure_logging()
     try:
         spec = _spec(provider, mode, symbols, resolution, options, throttle, dedupe_ttl,
                      workers, batch_size, name, config, get_settings().provider)  # fmt: skip

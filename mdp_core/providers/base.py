@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import ClassVar, Literal, Self
 
-from mdp_core.models import Record, parse_resolution
+from mdp_core.models import Record, normalize_symbol, parse_resolution
 
 __all__ = ["Mode", "ProviderError", "ProviderSource", "normalize_symbols", "parse_mode"]
 
@@ -24,16 +24,18 @@ class ProviderError(RuntimeError):
 
 
 def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
-    """Symbols stripped, upper-cased and de-duplicated, in order; ``"AAPL,MSFT"`` works too.
+    """Symbols normalised by the records' rule (``models.normalize_symbol``: stripped,
+    upper-cased, 1-64 printable characters) and de-duplicated, in order; ``"AAPL,MSFT"``
+    works too.
 
-    Raises ``ValueError`` naming the bad entry if one is empty or not a string."""
+    Raises ``ValueError`` naming the bad entry (pydantic reports only ``ValueError``)."""
     if isinstance(symbols, str):
         symbols = symbols.split(",")
     out: list[str] = []
     for raw in symbols:
-        if not isinstance(raw, str) or not raw.strip() or not raw.strip().isprintable():
-            raise ValueError(f"invalid symbol {raw!r}: expected a non-empty printable string")
-        symbol = raw.strip().upper()
+        if not isinstance(raw, str):
+            raise ValueError(f"invalid symbol {raw!r}: expected a str")
+        symbol = normalize_symbol(raw)
         if symbol not in out:
             out.append(symbol)
     if not out:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -154,10 +155,10 @@ class ReplaySource(ProviderSource):
         self._stopped = asyncio.Event()
         wanted = normalize_symbols(symbols) if symbols else None
         self._wanted = set(wanted) if wanted else None
-        self.requested_resolution = parse_resolution(bar_resolution) if bar_resolution else None
 
         self.format: str = _detect_format(self.path) if format == "auto" else format
-        header = _read_header(self.path, self.format)
+        self._reader = _FileReader(self.path, self.format)
+        header = self._reader.header
         columns = _map_columns(header)
         self.mode: Mode = _detect_kind(self.path, columns)
         if mode is not None and mode != self.mode:
@@ -276,7 +277,7 @@ class ReplaySource(ProviderSource):
         parse = self._parser.parse
         wanted = self._wanted
         stats = self.stats
-        rows = _iter_rows(self.path, self.format)
+        rows = self._reader.rows()
         records: Iterator[Record] = self._parsed(rows, parse, wanted, stats)
         if self.format == "json":
             records = iter(sorted(records, key=lambda r: r.ts))
@@ -339,7 +340,7 @@ class ReplaySource(ProviderSource):
         if given:
             return parse_resolution(given), "from the file_resolution argument"
         if "resolution" in columns:
-            for _, values in _first_rows(self.path, self.format, 1):
+            for _, values in self._reader.first_rows(1):
                 return parse_resolution(str(values[columns["resolution"]])), (
                     f"from column {header[columns['resolution']]!r}"
                 )
@@ -353,7 +354,7 @@ class ReplaySource(ProviderSource):
         ts_at, sym_at = columns["ts"], columns.get("symbol")
         last: dict[object, datetime] = {}
         gap: timedelta | None = None
-        for _, values in _first_rows(self.path, self.format, _INFER_ROWS):
+        for _, values in self._reader.first_rows(_INFER_ROWS):
             try:
                 ts = read_ts(values[ts_at])
             except (ValueError, TypeError, IndexError):
@@ -576,18 +577,64 @@ def _detect_format(path: Path) -> str:
     raise ValueError(f"{path.name} is empty: expected a header or data rows")
 
 
-def _read_header(path: Path, fmt: str) -> list[str]:
-    if fmt == "ninjatrader":
-        return list(_NT_FIELDS)
-    if fmt == "csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            for row in csv.reader(f, delimiter=_csv_delimiter(path)):
-                if row:
-                    return row
-        raise ValueError(f"{path.name} is empty: expected a header line")
-    if fmt == "parquet":
-        return list(_parquet(path).schema_arrow.names)
-    return _json_header(_json_items(path)[1])
+class _FileReader:
+    """The rows of one replay file. The format details are worked out once, when it is
+    built: the header, the CSV delimiter and, for JSON, the parsed content (a JSON file is
+    read whole anyway, so every pass replays the one parse)."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path = path
+        self.format = fmt
+        self.delimiter = ";"
+        self._json: tuple[str, list[Any]] = ("", [])
+        if fmt == "ninjatrader":
+            self.header = list(_NT_FIELDS)
+        elif fmt == "csv":
+            self.delimiter, self.header = _csv_layout(path)
+        elif fmt == "parquet":
+            self.header = list(_parquet(path).schema_arrow.names)
+        else:
+            self._json = _json_items(path)
+            self.header = _json_header(self._json[1])
+
+    def rows(self) -> Generator[tuple[str, Sequence[Any]], None, None]:
+        """``(where, values)`` of each data row: where is "line N", "row N" or
+        "results[N]"."""
+        path, fmt = self.path, self.format
+        if fmt in ("ninjatrader", "csv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.reader(f, delimiter=self.delimiter)
+                if fmt == "csv":
+                    next((row for row in reader if row), None)  # the header
+                for row in reader:
+                    if row:
+                        yield f"line {reader.line_num}", row
+        elif fmt == "parquet":
+            number = 0
+            for batch in _parquet(path).iter_batches(batch_size=65_536):
+                for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+                    number += 1
+                    yield f"row {number}", values
+        else:
+            label, items = self._json
+            header = self.header
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    yield f"{label}[{i}]", ()
+                    continue
+                yield f"{label}[{i}]", [item.get(name) for name in header]
+
+    def first_rows(self, n: int) -> Iterator[tuple[str, Sequence[Any]]]:
+        """The first ``n`` rows; the file is closed at once after them."""
+        rows = self.rows()
+        try:
+            for _ in range(n):
+                row = next(rows, None)
+                if row is None:
+                    return
+                yield row
+        finally:
+            rows.close()
 
 
 def _json_header(items: list[Any]) -> list[str]:
@@ -599,11 +646,16 @@ def _json_header(items: list[Any]) -> list[str]:
     return list(header)
 
 
-def _csv_delimiter(path: Path) -> str:
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+def _csv_layout(path: Path) -> tuple[str, list[str]]:
+    """The delimiter (the most frequent of ``,;\\t`` in the first line) and the header."""
+    with path.open(encoding="utf-8", newline="") as f:
         line = next((line for line in f if line.strip()), "")
-    counts = {d: line.count(d) for d in (",", ";", "\t")}
-    return max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+        counts = {d: line.count(d) for d in (",", ";", "\t")}
+        delimiter = max(counts, key=lambda d: counts[d]) if any(counts.values()) else ","
+        header = next(csv.reader(itertools.chain([line], f), delimiter=delimiter), None)
+    if not header:
+        raise ValueError(f"{path.name} is empty: expected a header line")
+    return delimiter, header
 
 
 def _map_columns(header: list[str]) -> dict[str, int]:
@@ -652,46 +704,6 @@ def _resolution_from_name(path: Path) -> str | None:
         except ValueError:
             continue
     return None
-
-
-def _iter_rows(path: Path, fmt: str) -> Generator[tuple[str, Sequence[Any]], None, None]:
-    """``(where, values)`` of each data row: where is "line N", "row N" or "results[N]"."""
-    if fmt in ("ninjatrader", "csv"):
-        delimiter = ";" if fmt == "ninjatrader" else _csv_delimiter(path)
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            if fmt == "csv":
-                next((row for row in reader if row), None)  # the header
-            for row in reader:
-                if row:
-                    yield f"line {reader.line_num}", row
-    elif fmt == "parquet":
-        number = 0
-        for batch in _parquet(path).iter_batches(batch_size=65_536):
-            for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):
-                number += 1
-                yield f"row {number}", values
-    else:
-        label, items = _json_items(path)
-        header = _json_header(items)
-        for i, item in enumerate(items):
-            if not isinstance(item, dict):
-                yield f"{label}[{i}]", ()
-                continue
-            yield f"{label}[{i}]", [item.get(name) for name in header]
-
-
-def _first_rows(path: Path, fmt: str, n: int) -> Iterator[tuple[str, Sequence[Any]]]:
-    """The first ``n`` rows; the file is closed at once after them."""
-    rows = _iter_rows(path, fmt)
-    try:
-        for _ in range(n):
-            row = next(rows, None)
-            if row is None:
-                return
-            yield row
-    finally:
-        rows.close()
 
 
 def _json_items(path: Path) -> tuple[str, list[Any]]:

@@ -1,37 +1,19 @@
-"""Fixtures for the coordinator tests: a migrated Database, a dedicated embedded server."""
+"""Fixtures for the coordinator tests: a migrated Database, a short-timeout pool."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
 from mdp_core.store.database import Database, _init_connection
-from mdp_core.store.embedded import EmbeddedServer
 
 
 @pytest.fixture
 async def db(fresh_dsn: str) -> AsyncIterator[Database]:
     async with Database.connect(fresh_dsn, max_size=6) as database:
         yield database
-
-
-@pytest.fixture
-def own_server() -> Iterator[EmbeddedServer]:
-    """A dedicated embedded server (fault tests stop and restart it), outside pytest's
-    0700 temporary root so the server's system user can reach its data directory."""
-    home = Path(tempfile.mkdtemp(prefix="mdp-coord-pg-"))
-    server = EmbeddedServer(home / "pg")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 async def open_database(

@@ -4,7 +4,6 @@ forwards to a unix socket (the embedded PostgreSQL listens on one only).
 Modes, switchable at any time:
 - ``pass``: forward both ways;
 - ``blackhole``: hold every byte (nothing forwarded either way, sockets stay open);
-- ``latency``: forward each chunk after ``delay`` seconds;
 - ``close_after``: forward ``n`` more client->server bytes in total, then abort the
   connection that crosses the limit (mid-message: e.g. in the middle of a COPY), and go back
   to ``pass``;
@@ -23,7 +22,6 @@ class ChaosProxy:
     def __init__(self, unix_path: str | Path) -> None:
         self.unix_path = str(unix_path)
         self.mode = "pass"
-        self.delay = 0.0
         self.budget = 0  # close_after: client->server bytes still allowed
         self.cuts = 0  # connections aborted by close_after
         self.connections = 0
@@ -35,10 +33,10 @@ class ChaosProxy:
 
     # -- control ------------------------------------------------------------------------
 
-    def set_mode(self, mode: str, *, delay: float = 0.0, n: int = 0) -> None:
-        if mode not in ("pass", "blackhole", "latency", "close_after"):
+    def set_mode(self, mode: str, *, n: int = 0) -> None:
+        if mode not in ("pass", "blackhole", "close_after"):
             raise ValueError(f"unknown proxy mode {mode!r}")
-        self.mode, self.delay, self.budget = mode, delay, n
+        self.mode, self.budget = mode, n
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -108,8 +106,6 @@ class ChaosProxy:
                     return
                 while self.mode == "blackhole":
                     await self._changed.wait()
-                if self.mode == "latency":
-                    await asyncio.sleep(self.delay)
                 if self.mode == "close_after" and upstream:
                     if len(data) >= self.budget:
                         writer.write(data[: self.budget])

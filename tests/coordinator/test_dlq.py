@@ -241,6 +241,50 @@ async def test_crash_before_the_claimed_segment_is_removed_duplicates_at_worst(
     assert result.still_failing == 1 and [r.record().key for r in dlq.list()] == [items[3].key]
 
 
+async def crash_at_unlink(
+    dlq: DeadLetterQueue, sink: MemorySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replay that dies after writing the rewritten segment, before removing the claimed
+    one: every record still failing is then in the spool twice (same id)."""
+
+    def die(self: Path, missing_ok: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "unlink", die)
+        with pytest.raises(KeyboardInterrupt):
+            await dlq.replay(sink, max_attempts=2)
+
+
+async def test_after_a_crash_replay_continues_from_the_latest_copy(
+    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = quotes(5)
+    dlq.put(items, TimeoutError(), 1)
+    sink = MemorySink(poison={items[3].key})
+    await crash_at_unlink(dlq, sink, monkeypatch)
+    assert dlq.count() == 5  # each id once
+    latest = next(r for r in dlq.list() if r.record() == items[3])
+    assert (latest.attempts, latest.replays) == (2, 1)
+    result = await dlq.replay(sink, max_attempts=2)  # its second failing replay: quarantined
+    assert (result.still_failing, result.quarantined) == (0, 1)
+    [quarantined] = dlq.list(quarantined=True)
+    assert (quarantined.id, quarantined.attempts, quarantined.replays) == (latest.id, 3, 2)
+    assert dlq.count() == 0
+
+
+async def test_after_a_crash_purge_judges_the_latest_copy(
+    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = quotes(5)
+    dlq.put(items, TimeoutError(), 1)
+    await crash_at_unlink(dlq, MemorySink(poison={items[3].key}), monkeypatch)
+    latest = next(r for r in dlq.list() if r.record() == items[3])
+    # the other four failed only at put(), before the replay: older than the cutoff
+    assert dlq.purge(older_than=latest.last_failed_at) == 4
+    assert dlq.list() == [latest]
+
+
 async def test_replay_keeps_corrupt_lines(dlq: DeadLetterQueue) -> None:
     dlq.put(quotes(2), RuntimeError("x"), 1)
     segment = next(dlq.directory.glob("seg-*.jsonl"))
@@ -330,7 +374,8 @@ async def test_a_writer_process_and_a_replay_share_the_spool(dlq: DeadLetterQueu
         while writer.poll() is None:
             await dlq.replay(sink, batch_size=50)
     finally:
-        assert writer.wait(timeout=60) == 0
+        returncode = writer.wait(timeout=60)  # reap it even if a replay failed
+    assert returncode == 0
     await dlq.replay(sink)
     expected = {q.key for q in quotes(200)} | {q.key for q in quotes(400, start=10_000)}
     assert set(sink.rows) == expected and dlq.count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
@@ -19,6 +20,8 @@ from mdp_core.models import (
     record_from_dict,
     resolution_seconds,
 )
+from mdp_core.providers.base import normalize_symbols
+from mdp_core.windows import InvalidEvent, OhlcWindows
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -45,6 +48,26 @@ def test_naive_timestamp_is_a_clear_error() -> None:
 def test_bad_symbols_are_refused(symbol: str) -> None:
     with pytest.raises(ValueError, match="symbol"):
         Quote(symbol, TS)
+
+
+@pytest.mark.parametrize("symbol", ["", "   ", "A\x00B", "X" * 65, "Y" * 70])
+def test_providers_and_windows_refuse_what_records_refuse(symbol: str) -> None:
+    # One rule (models.normalize_symbol): a symbol a stream accepts never fails every record.
+    named = re.escape(f"invalid symbol {symbol!r}")
+    with pytest.raises(ValueError, match=named):
+        normalize_symbols([symbol])
+    with pytest.raises(InvalidEvent, match=named):
+        OhlcWindows("1m").add(symbol, TS, 1.0)
+
+
+def test_the_longest_symbol_is_accepted_everywhere() -> None:
+    longest = "Z" * 64
+    assert normalize_symbols([longest.lower()]) == [longest]
+    assert Quote(longest, TS).symbol == longest
+    bars = OhlcWindows("1m").add(longest, TS, 1.0)
+    assert bars is not None and list(bars) == []  # accepted: not late, nothing closed yet
+    with pytest.raises(InvalidEvent, match="symbol 'zz' is not normalised: expected 'ZZ'"):
+        OhlcWindows("1m").add("zz", TS, 1.0)
 
 
 def test_nan_price_means_absent_but_inf_and_negative_are_errors() -> None:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from mdp_core.channel import Channel
 from mdp_core.models import RESOLUTIONS, Bar
-from mdp_core.operators import OperatorStats, resample_bars, resample_ohlc
-from mdp_core.windows import BarWindows, InvalidEvent, OhlcWindows
+from mdp_core.operators import _READ_AHEAD, OperatorStats, resample_bars, resample_ohlc
+from mdp_core.windows import BarWindows, InvalidEvent, OhlcWindows, can_roll_up
 from tests.core.operator_helpers import (
     T0,
     FakeClock,
@@ -133,6 +133,14 @@ def test_invalid_events_raise_and_change_nothing(args: tuple, expected: str) -> 
         w.add(*args)
     assert expected in str(err.value)
     assert w.open_windows == 0 and w.watermark is None
+
+
+def test_can_roll_up_is_finer_and_divides() -> None:
+    # the one rule behind resample_bars and the runtime's provider-resolution check
+    assert can_roll_up("5s", "1m") and can_roll_up("1m", "1h") and can_roll_up("5 secs", "1d")
+    assert not can_roll_up("1m", "1m")  # not finer
+    assert not can_roll_up("1h", "1m")  # coarser
+    assert not can_roll_up("10s", "15s")  # finer, but does not divide it
 
 
 def test_bar_windows_weight_vwap_and_sum_trade_counts() -> None:
@@ -534,6 +542,21 @@ async def test_idle_read_ahead_is_accounted_for_when_the_consumer_stops_early() 
     assert up.closed
     assert up.taken == stats.seen + stats.dropped  # taken from upstream: used or counted
     assert stats.seen == stats.aggregated
+
+
+async def test_item_held_by_a_blocked_read_ahead_is_counted_when_the_consumer_stops() -> None:
+    # More events than the read-ahead buffer holds: the pump fills it and waits to put one
+    # more; that held item must be counted too when the consumer stops.
+    events = [("AAA", T0 + timedelta(seconds=s), 10.0, 1.0) for s in range(0, 3000, 7)]
+    up = Upstream(events)
+    stats = OperatorStats()
+    stream = ohlc(up, "1m", idle_timeout=60.0, stats=stats)
+    async with asyncio.timeout(10):
+        await anext(stream)  # the first bar
+        await stream.aclose()  # type: ignore[attr-defined]
+    assert up.closed
+    assert up.taken > _READ_AHEAD  # the buffer was full with one more item held
+    assert up.taken == stats.seen + stats.dropped  # taken from upstream: used or counted
 
 
 async def test_resample_bars_rejects_items_that_are_not_bars() -> None:

@@ -283,6 +283,37 @@ async def test_loop_repeats_with_timestamps_shifted_so_keys_never_repeat(tmp_pat
     assert [b.ts for b in looped] == sorted(b.ts for b in looped)
 
 
+async def test_file_details_are_worked_out_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # JSON is parsed once, however many passes and checks; a CSV is opened once per pass
+    # (plus once to read its header and delimiter), never re-sniffed.
+    parses: list[int] = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, **kw: parses.append(1) or real_loads(text))
+    src = ReplaySource(path=POLYGON, loop=True)
+    assert len(await replay(src, limit=25)) == 25 and src.stats.passes == 2
+    assert len(parses) == 1
+    monkeypatch.undo()
+
+    path = tmp_path / "X_bars.csv"  # no resolution in the name: inferred from the data
+    path.write_text("ts;open;high;low;close;volume\n" + "".join(
+        f"2024-01-02T14:3{i}:00Z;1;1;1;1;1\n" for i in range(3)
+    ))  # fmt: skip
+    opened: list[Path] = []
+    real_open = Path.open
+
+    def counting_open(self: Path, *args: object, **kwargs: object) -> object:
+        opened.append(self)
+        return real_open(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    src = ReplaySource(path=path, format="csv", loop=True)
+    assert (src.resolution, len(opened)) == ("1m", 2)  # the header, the inference rows
+    assert len(await replay(src, limit=7)) == 7 and src.stats.passes == 2
+    assert len(opened) == 2 + 3  # and one per pass
+
+
 async def test_stop_interrupts_a_real_time_replay(tmp_path: Path) -> None:
     path = tmp_path / "X_1d_slow.csv"
     path.write_text("ts,open,high,low,close,volume\n2024-01-02,1,1,1,1,1\n2024-01-03,1,1,1,1,1\n")

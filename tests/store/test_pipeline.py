@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,20 +56,37 @@ async def test_request_stop_drains_everything_in_flight(fresh_dsn: str) -> None:
     async with Database.connect(fresh_dsn) as db:
         pipeline = Pipeline(synthetic_spec(options={"rate": None}), db)
         run = asyncio.create_task(pipeline.run())
-        while pipeline.snapshot().coordinator.committed < 2_000:  # wait for real progress
-            await asyncio.sleep(0.01)
+        # wait for real progress (or the run's end, so a failing run reports its error)
+        await wait_until(lambda: run.done() or pipeline.snapshot().coordinator.committed >= 2_000)
         pipeline.request_stop()
         stats = await asyncio.wait_for(run, 30)
         assert stats.balanced and stats.emitted >= 2_000
         assert await row_count(db, "quotes") == stats.emitted
 
 
+async def test_cancelling_run_drains_like_a_stop(fresh_dsn: str, tmp_path: Path) -> None:
+    """A cancelled run (a Dagster terminate, Ctrl-C) still stops the provider, delivers the
+    channel and drains the coordinator before the cancellation propagates."""
+    async with Database.connect(fresh_dsn) as db:
+        dlq = DeadLetterQueue(tmp_path)
+        pipeline = Pipeline(synthetic_spec(options={"rate": None}), db, dlq=dlq)
+        run = asyncio.create_task(pipeline.run())
+        await wait_until(lambda: run.done() or pipeline.snapshot().coordinator.committed > 0)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(run, 30)
+        stats = pipeline.snapshot()
+        assert stats.emitted > 0 and stats.channel.depth == 0
+        assert stats.balanced, stats.counters()
+        assert await row_count(db, "quotes") + dlq.count() == stats.emitted
+        assert stats.state == "failed" and "CancelledError" in (stats.error or "")
+
+
 async def test_second_writer_for_the_same_stream_is_refused(fresh_dsn: str) -> None:
     async with Database.connect(fresh_dsn) as db:
         first = Pipeline(synthetic_spec("solo"), db)
         run = asyncio.create_task(first.run())
-        while first.snapshot().emitted == 0:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: run.done() or first.snapshot().emitted > 0)
         with pytest.raises(LockHeldError, match="mdp:stream:solo"):
             await Pipeline(synthetic_spec("solo"), db).run(max_seconds=1)
         first.request_stop()
@@ -173,6 +188,8 @@ streams:
         ("streams: [{name: a, symbols: [X], coordinator: {workers: 0}}]",
          r"field 'coordinator.workers': Input should be greater than or equal to 1"),
         ("streams: [{name: a, symbols: []}]", r"field 'symbols': .*no symbols given"),
+        (f"streams: [{{name: a, symbols: [{'X' * 70}]}}]",
+         r"field 'symbols': .*invalid symbol 'X{70}': expected 1-64 printable characters"),
         ("streams: [{name: 'bad name', symbols: [X]}]", r"field 'name': String should match"),
         ("streams: [{name: a, symbols: [X]}, {name: a, symbols: [Y]}]",
          r"streams 'a' and 'a' share name 'a'"),
@@ -190,19 +207,6 @@ def test_malformed_streams_file_names_entry_and_field(
 ) -> None:
     with pytest.raises(StreamsConfigError, match=message):
         load_streams(write(tmp_path, text))
-
-
-@pytest.fixture
-def own_server(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A dedicated embedded server these tests may kill and restart."""
-    from mdp_core.store.embedded import EmbeddedServer
-
-    root = Path(tempfile.mkdtemp(prefix="mdp-lock-"))
-    server = EmbeddedServer(root / "pg")
-    server.start()
-    yield server
-    server.destroy()
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def wait_until(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
