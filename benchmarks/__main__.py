@@ -7,8 +7,8 @@
 Each benchmark runs in its own Python process (``python -m benchmarks --child NAME``), so
 one's heap, event loop or failure does not touch the next; its ``run()`` figures come back
 as JSON. Every figure is a median of several runs (each module repeats its measurements;
-``ibkr``, which measures each scenario once, is run ``IBKR_RUNS`` times here and the median
-of each figure taken) and is shown against its reference measured in the same run. A full
+``ibkr`` its 50-symbol headline) and is shown against its reference measured in the same
+run. Each module renders its own section (``table(result)`` and ``describe(result)``). A full
 run also writes each benchmark's JSON to ``benchmarks/results/<name>.json``; a partial run
 (``--quick`` / ``--only``) writes only ``benchmarks/results-partial.{md,json}``, so it never
 overwrites the full report.
@@ -22,12 +22,10 @@ import importlib.util
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,6 @@ from typing import Any
 from benchmarks.common import machine, markdown_table, now_iso, quiet_logging, write_json
 
 HERE = Path(__file__).resolve().parent
-IBKR_RUNS = 3
 TIMEOUT_S = 900  # one benchmark; the whole run is meant to take well under 15 minutes
 
 
@@ -44,20 +41,12 @@ class Benchmark:
     name: str
     module: str
     title: str
-    runs: int = 1  # how many times the aggregator runs it (>1: median of each figure)
-    quick_in_full: bool = False  # run its quick mode even in a full run (then runs > 1)
 
 
 BENCHMARKS = [
     Benchmark("operators", "benchmarks.bench_operators", "Stream operators (per event)"),
     Benchmark("store", "benchmarks.bench_store", "Write throughput into mdp.quotes"),
-    Benchmark(
-        "ibkr",
-        "benchmarks.bench_ibkr",
-        "IBKR ingest (gateway -> ib_async -> Channel)",
-        runs=IBKR_RUNS,
-        quick_in_full=True,
-    ),
+    Benchmark("ibkr", "benchmarks.bench_ibkr", "IBKR ingest (gateway -> ib_async -> Channel)"),
     Benchmark("latency", "benchmarks.bench_latency", "End-to-end latency (emit -> COMMIT)"),
     Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
@@ -80,76 +69,38 @@ def _child(name: str, out: str, quick: bool) -> None:
 
 
 def run_one(bench: Benchmark, quick: bool) -> dict[str, Any]:
-    """Run ``bench`` (``bench.runs`` times); an entry with status, wall time and figures."""
+    """Run ``bench`` in a child process; an entry with status, wall time and figures."""
     if importlib.util.find_spec(bench.module) is None:
         print(f"== {bench.name}: not available ({bench.module} not found)", flush=True)
         return {"status": "not available", "wall_s": 0.0, "result": None}
-    runs = 1 if quick else bench.runs
-    mode_quick = quick or bench.quick_in_full
-    results: list[dict[str, Any]] = []
+    print(f"== {bench.name}{' (quick)' if quick else ''}", flush=True)
     start = time.perf_counter()
-    for i in range(runs):
-        print(f"== {bench.name} ({i + 1}/{runs}{', quick' if mode_quick else ''})", flush=True)
-        with tempfile.TemporaryDirectory(prefix="mdp-bench-run-") as tmp:
-            out = Path(tmp) / "result.json"
-            cmd = [sys.executable, "-m", "benchmarks", "--child", bench.name, "--out", str(out)]
-            if mode_quick:
-                cmd.append("--quick")
-            try:
-                proc = subprocess.run(cmd, timeout=TIMEOUT_S, check=False)
-            except subprocess.TimeoutExpired:
-                return _failed(f"timed out after {TIMEOUT_S} s", start)
-            if proc.returncode != 0 or not out.exists():
-                return _failed(f"exited with status {proc.returncode}", start)
-            results.append(json.loads(out.read_text()))
+    with tempfile.TemporaryDirectory(prefix="mdp-bench-run-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks", "--child", bench.name, "--out", str(out)]
+        if quick:
+            cmd.append("--quick")
+        try:
+            proc = subprocess.run(cmd, timeout=TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            return _failed(f"timed out after {TIMEOUT_S} s", start)
+        if proc.returncode != 0 or not out.exists():
+            return _failed(f"exited with status {proc.returncode}", start)
+        child = json.loads(out.read_text())
     wall = time.perf_counter() - start
-    if len(results) == 1:
-        result, lines = results[0]["result"], results[0]["section"]
-    else:
-        result = median_of_runs([r["result"] for r in results])
-        lines = section(bench.name, result)
     print(f"== {bench.name}: done in {wall:.0f} s", flush=True)
     return {
         "status": "ok",
         "wall_s": wall,
-        "runs": runs,
-        "quick": mode_quick,
-        "result": result,
-        "section": lines,
+        "quick": quick,
+        "result": child["result"],
+        "section": child["section"],
     }
 
 
 def _failed(reason: str, start: float) -> dict[str, Any]:
     print(f"== failed: {reason}", flush=True)
     return {"status": f"error: {reason}", "wall_s": time.perf_counter() - start, "result": None}
-
-
-def median_of_runs(results: list[Any]) -> Any:
-    """Merge the results of several runs of one benchmark: numbers become their median,
-    booleans true only if true in every run, anything else is taken from the first run;
-    lists (of the same length) and dicts are merged item by item. The runs themselves are
-    kept under ``"runs"``."""
-
-    def merge(values: list[Any]) -> Any:
-        first = values[0]
-        if isinstance(first, bool):
-            return all(values)
-        if isinstance(first, int | float) and all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in values
-        ):
-            return statistics.median(values)
-        if isinstance(first, dict) and all(isinstance(v, dict) for v in values):
-            return {k: merge([v[k] for v in values if k in v]) for k in first}
-        if isinstance(first, list) and all(
-            isinstance(v, list) and len(v) == len(first) for v in values
-        ):
-            return [merge([v[i] for v in values]) for i in range(len(first))]
-        return first
-
-    merged = merge(results)
-    if isinstance(merged, dict):
-        merged["runs"] = results
-    return merged
 
 
 # -- the report --------------------------------------------------------------------------
@@ -183,7 +134,7 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         add(target, source, status, "-", "-", None)
 
     store = _ok(entries.get("store"))
-    if store and store.get("coordinator"):
+    if store:
         best = max(store["coordinator"], key=lambda c: c["rows_per_s"])
         limit = store["raw_best"]["rows_per_s"]
         where = f"{best['workers']} workers, batch {best['batch_size']:,}"
@@ -222,24 +173,15 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     ibkr = _ok(entries.get("ibkr"))
     if ibkr:
-        fifty = [
-            s
-            for s in ibkr["scenarios"]
-            if s["symbols"] == 50 and not s["scenario"].startswith("client path")
-        ]
-        head = max(fifty, key=lambda s: s["quotes_per_s"]) if fifty else None
-        if head is not None:
-            target = ibkr.get("target_quotes_per_s_50_symbols", 20_000)
-            add(
-                "IBKR >= 20,000 quotes/s (50 symbols)",
-                "ibkr",
-                f"{head['quotes_per_s']:,.0f} quotes/s ({head['scenario']})",
-                f"target {target:,} quotes/s",
-                f"{head['quotes_per_s'] / target:.2f} x",
-                head["quotes_per_s"] >= target,
-            )
-        else:
-            missing("IBKR >= 20,000 quotes/s (50 symbols)", "ibkr")
+        target, measured = ibkr["target_quotes_per_s_50_symbols"], ibkr["quotes_per_s_50_symbols"]
+        add(
+            f"IBKR >= {target:,} quotes/s (50 symbols)",
+            "ibkr",
+            f"{measured:,.0f} quotes/s (median of {ibkr['headline_runs']} runs)",
+            f"target {target:,} quotes/s",
+            f"{measured / target:.2f} x",
+            ibkr["met_target"],
+        )
     else:
         missing("IBKR >= 20,000 quotes/s (50 symbols)", "ibkr")
 
@@ -286,142 +228,17 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-Section = Callable[[dict[str, Any]], list[str]]
-
-
-def _operators(r: dict[str, Any]) -> list[str]:
-    rows = [
-        (
-            name,
-            s["description"],
-            f"{s['us_per_event']:.3f}",
-            f"{s['ratio_to_bare']:.2f}",
-            f"{s['events_per_second']:,}",
-        )
-        for name, s in r["stages"].items()
-    ]
-    return [
-        markdown_table(("stage", "what", "us/event", "x bare", "events/s"), rows),
-        "",
-        f"{r['events']:,} prebuilt quotes, {r['symbols']} symbols; median of "
-        f"{r['repetitions']} runs, stages interleaved. Reference: `bare` (an async generator "
-        "consumed by `async for`).",
-    ]
-
-
-def _store(r: dict[str, Any]) -> list[str]:
-    rows = []
-    for par in sorted({x["connections"] for x in r["raw"]}):
-        best = max((x for x in r["raw"] if x["connections"] == par), key=lambda x: x["rows_per_s"])
-        mark = " (limit)" if best == r["raw_best"] else ""
-        rows.append(
-            (
-                f"(a) raw COPY + upsert{mark}",
-                best["batch_size"],
-                par,
-                f"{best['rows_per_s']:,.0f}",
-                f"{best['ratio_to_raw_best']:.2f}",
-                "-",
-            )
-        )
-    for label, key, par_key in (
-        ("(b) QuotesSink.write", "sink", "writers"),
-        ("(c) WriteCoordinator", "coordinator", "workers"),
-    ):
-        for x in r.get(key) or []:
-            rows.append(
-                (
-                    label,
-                    x["batch_size"],
-                    x[par_key],
-                    f"{x['rows_per_s']:,.0f}",
-                    f"{x['ratio_to_raw_best']:.2f}",
-                    f"{x['ratio_to_raw_same']:.2f}",
-                )
-            )
-    d = r["naive"]
-    rows.append(
-        (
-            "(d) naive INSERT per row",
-            1,
-            1,
-            f"{d['rows_per_s']:,.0f}",
-            f"{d['ratio_to_raw_best']:.3f}",
-            "-",
-        )
-    )
-    return [
-        markdown_table(("path", "batch", "parallel", "rows/s", "x raw limit", "x raw same"), rows),
-        "",
-        f"{r['rows']:,} quotes per measurement, median of {r['repeats']} (raw: best batch "
-        "size per parallelism shown, the full sweep is in the JSON). Reference: the raw limit, "
-        "asyncpg binary COPY into a TEMP stage + INSERT ON CONFLICT from prebuilt tuples; "
-        "`x raw same` = against raw at the same batch size and parallelism, interleaved.",
-    ]
-
-
-def _ibkr(r: dict[str, Any]) -> list[str]:
-    rows = [
-        (
-            s["scenario"],
-            s["gateway"],
-            f"{s['quotes_per_s']:,.0f}",
-            f"{s['messages_per_s']:,.0f}",
-            f"{s['client_cpu']:.0%}",
-            f"{s['quotes_per_s'] / 20_000:.2f}",
-            s["rejected"],
-        )
-        for s in r["scenarios"]
-    ]
-    runs = len(r.get("runs", [])) or 1
-    return [
-        markdown_table(
-            (
-                "scenario",
-                "gateway",
-                "quotes/s",
-                "TWS msgs/s",
-                "client CPU",
-                "x 20k target",
-                "rejected",
-            ),
-            rows,
-        ),
-        "",
-        f"Windows of {r['window_s']:.0f} s; median of {runs} runs of `bench_ibkr` "
-        f"{'(its quick mode)' if r.get('quick') else '(full mode)'}. Reference: the 20,000 "
-        "quotes/s target (bench_ibkr does not measure the gateway's own send rate; `client "
-        "path only` is what the client side absorbs with no gateway in the way).",
-    ]
-
-
-def _module_section(name: str) -> Section:
-    def render(r: dict[str, Any]) -> list[str]:
-        module = importlib.import_module(BY_NAME[name].module)
-        return [module.table(r), "", module.describe(r) + "."]
-
-    return render
-
-
 def section(name: str, result: dict[str, Any]) -> list[str]:
-    """The report's section for one benchmark's figures (a note if they cannot be shown)."""
+    """The report's section for one benchmark's figures, rendered by its module's
+    ``table`` and ``describe`` (a note if they cannot be shown)."""
     try:
-        return SECTIONS[name](result)
+        module = importlib.import_module(BY_NAME[name].module)
+        return [module.table(result), "", module.describe(result) + "."]
     except Exception as exc:  # a report with a gap beats no report after a long run
         return [
             f"(could not render this section: {type(exc).__name__}: {exc}; the figures "
             "are in the JSON)"
         ]
-
-
-SECTIONS: dict[str, Section] = {
-    "operators": _operators,
-    "store": _store,
-    "ibkr": _ibkr,
-    "latency": _module_section("latency"),
-    "memory": _module_section("memory"),
-    "rollups": _module_section("rollups"),
-}
 
 
 def _postgres(entries: dict[str, dict[str, Any]]) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,16 +36,17 @@ from typing import Any
 
 from benchmarks.common import (
     bench_database,
+    consume_batches,
     machine,
     markdown_table,
     median,
     now_iso,
     percentile,
     quiet_logging,
+    say,
     server_version,
     write_json,
 )
-from mdp_core.channel import Channel
 from mdp_core.coordinator import CoordinatorSettings, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Quote
@@ -102,12 +102,6 @@ class RunResult:
         return self.emitted_per_s >= floor and self.committed_per_s >= floor
 
 
-async def _consume(channel: Channel[Quote], coord: WriteCoordinator[Quote]) -> None:
-    """What ``Pipeline`` does with no operators: whole batches from the channel."""
-    async for batch in channel.iter_batches(coord.settings.batch_size):
-        await coord.submit_many(batch)
-
-
 async def measure(
     db: Database, rate: float, duration: float, warmup: float, settings: CoordinatorSettings
 ) -> RunResult:
@@ -127,7 +121,7 @@ async def measure(
                 rate=rate / len(SYMBOLS),
                 source="bench",
             )
-            consumer = asyncio.create_task(_consume(channel, coord))
+            consumer = asyncio.create_task(consume_batches(channel, coord))
             await asyncio.sleep(warmup)
             t0 = time.time()
             await asyncio.sleep(duration)
@@ -187,10 +181,6 @@ def _summary(label: str, runs: list[RunResult], flush_interval: float) -> dict[s
     }
 
 
-def _say(text: str) -> None:
-    print(f"latency: {text}", file=sys.stderr, flush=True)
-
-
 async def run_async(quick: bool = False) -> dict[str, Any]:
     repeats = 1 if quick else 3
     duration = 2.0 if quick else 8.0
@@ -204,9 +194,10 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
         runs = []
         for i in range(repeats):
             r = await measure(db, rate, duration, warmup, settings)
-            _say(
+            say(
+                "latency",
                 f"{label} run {i + 1}/{repeats}: p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, "
-                f"committed {r.committed_per_s:,.0f}/s"
+                f"committed {r.committed_per_s:,.0f}/s",
             )
             runs.append(r)
         return _summary(label, runs, settings.flush_interval)
@@ -222,10 +213,11 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
         while rate <= search_max:
             r = await measure(db, rate, search_duration, warmup, settings)
             search.append(asdict(r) | {"sustained": r.sustained})
-            _say(
+            say(
+                "latency",
                 f"search {rate:,}/s: emitted {r.emitted_per_s:,.0f}/s, committed "
                 f"{r.committed_per_s:,.0f}/s, p99 {r.p99_ms:.0f} ms -> "
-                f"{'sustained' if r.sustained else 'NOT sustained'}"
+                f"{'sustained' if r.sustained else 'NOT sustained'}",
             )
             if not r.sustained:
                 break

@@ -40,15 +40,16 @@ import psutil
 
 from benchmarks.common import (
     bench_database,
+    consume_batches,
     machine,
     markdown_table,
     median,
     now_iso,
     quiet_logging,
+    say,
     server_version,
     write_json,
 )
-from mdp_core.channel import Channel
 from mdp_core.coordinator import CoordinatorSettings, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Quote
@@ -116,12 +117,6 @@ class StallableSink:
         return await self.sink.write(batch)
 
 
-async def _consume(channel: Channel[Quote], coord: WriteCoordinator[Quote]) -> None:
-    """What ``Pipeline`` does with no operators: whole batches from the channel."""
-    async for batch in channel.iter_batches(coord.settings.batch_size):
-        await coord.submit_many(batch)
-
-
 async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> dict[str, Any]:
     """One run in this (fresh) process; returns its figures."""
     process = psutil.Process()
@@ -160,7 +155,7 @@ async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> di
                         await asyncio.sleep(SAMPLE_EVERY)
 
                 sampler = asyncio.create_task(sample())
-                consumer = asyncio.create_task(_consume(channel, coord))
+                consumer = asyncio.create_task(consume_batches(channel, coord))
                 await asyncio.sleep(warmup)
                 committed_before = coord.health().committed
                 rate_before = committed_before / (time.monotonic() - t_start)
@@ -214,10 +209,6 @@ def _child_main(stall: float, warmup: float, recover: float) -> None:
     print(json.dumps(result))
 
 
-def _say(text: str) -> None:
-    print(f"memory: {text}", file=sys.stderr, flush=True)
-
-
 async def run_async(quick: bool = False) -> dict[str, Any]:
     repeats = 1 if quick else 3
     stall = 3.0 if quick else 30.0
@@ -246,11 +237,12 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
             run["stall_growth_mib"] = run["rss_max_stall_mib"] - run["rss_before_stall_mib"]
             run["within_bound"] = run["growth_mib"] * MIB <= bound + ALLOWANCE
             runs.append(run)
-            _say(
+            say(
+                "memory",
                 f"run {i + 1}/{repeats}: RSS {run['rss_baseline_mib']:.0f} -> "
                 f"{run['rss_before_stall_mib']:.0f} -> max {run['rss_max_stall_mib']:.0f} MiB "
                 f"in the stall, {run['rss_drained_mib']:.0f} drained; "
-                f"{'balanced' if run['balanced'] else 'NOT balanced'}"
+                f"{'balanced' if run['balanced'] else 'NOT balanced'}",
             )
 
     def med(key: str) -> float:

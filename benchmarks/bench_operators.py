@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import os
-import platform
-import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
+from benchmarks.common import machine, markdown_table, median, now_iso, write_json
 from mdp_core.channel import Channel
 from mdp_core.models import Quote
 from mdp_core.operators import deduplicate, resample_ohlc, throttle
 
-RESULTS = Path(__file__).resolve().parent / "results" / "operators.json"
 TARGET_US = 3.0
 SYMBOLS = 50
 CAPACITY = 4096
@@ -152,6 +147,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Measure every stage; return the figures (see the module docstring)."""
     n = 100_000 if quick else 1_000_000
     repetitions = 3 if quick else 5
+    host = machine()  # the load average at the start
     events = build_events(n)
     gc.freeze()  # the prebuilt events are not part of what a real pipeline's GC scans
     try:
@@ -161,10 +157,12 @@ def run(quick: bool = False) -> dict[str, Any]:
                 runs[name].append(_time_stage(stage, events))
     finally:
         gc.unfreeze()
-    medians = {name: statistics.median(values) for name, values in runs.items()}
+    medians = {name: median(values) for name, values in runs.items()}
     bare = medians["bare"]
     return {
         "benchmark": "operators",
+        "when": now_iso(),
+        "machine": host,
         "events": n,
         "symbols": SYMBOLS,
         "channel_capacity": CAPACITY,
@@ -181,10 +179,29 @@ def run(quick: bool = False) -> dict[str, Any]:
             }
             for name, (description, _) in STAGES.items()
         },
-        "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        (
+            name,
+            s["description"],
+            f"{s['us_per_event']:.3f}",
+            f"{s['ratio_to_bare']:.2f}",
+            f"{s['events_per_second']:,}",
+        )
+        for name, s in result["stages"].items()
+    ]
+    return markdown_table(("stage", "what", "us/event", "x bare", "events/s"), rows)
+
+
+def describe(result: dict[str, Any]) -> str:
+    return (
+        f"{result['events']:,} prebuilt quotes, {result['symbols']} symbols; median of "
+        f"{result['repetitions']} runs, stages interleaved. Reference: `bare` (an async "
+        "generator consumed by `async for`)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,22 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="100k events, 3 repetitions")
     args = parser.parse_args(argv)
     result = run(quick=args.quick)
-    print(
-        f"operators: {result['events']:,} events, {result['symbols']} symbols, "
-        f"median of {result['repetitions']} runs (Python {result['python']}, "
-        f"{result['machine']})"
-    )
-    print(f"{'stage':<12} {'us/event':>9} {'x bare':>7} {'events/s':>11}  description")
-    for name, stage in result["stages"].items():
-        print(
-            f"{name:<12} {stage['us_per_event']:>9.3f} {stage['ratio_to_bare']:>7.2f} "
-            f"{stage['events_per_second']:>11,}  {stage['description']}"
-        )
+    print(table(result))
+    print(describe(result))
     verdict = "meets" if result["meets_target"] else "MISSES"
     print(f"chain {verdict} the target of {TARGET_US} us/event")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_json('operators', result)}")
 
 
 if __name__ == "__main__":

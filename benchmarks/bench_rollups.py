@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +40,7 @@ from benchmarks.common import (
     median,
     now_iso,
     quiet_logging,
+    say,
     server_version,
     write_json,
 )
@@ -68,10 +68,6 @@ WHERE resolution = '1m' AND ts >= $1 AND ts < $2
 ORDER BY symbol, ts
 """
 _COLUMNS = ["symbol", "ts", "open", "high", "low", "close", "volume", "vwap", "trade_count"]
-
-
-def _say(text: str) -> None:
-    print(f"rollups: {text}", file=sys.stderr, flush=True)
 
 
 def day_of_bars(symbols: list[str], seed: int) -> pd.DataFrame:
@@ -235,23 +231,24 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
     check: dict[str, Any] | None = None
     async with bench_database(max_size=3) as db:
         version = await server_version(db)
-        _say(f"loading {n_symbols} symbols x {BARS_PER_SYMBOL:,} bars")
+        say("rollups", f"loading {n_symbols} symbols x {BARS_PER_SYMBOL:,} bars")
         rows, load_s = await load(db, n_symbols)
-        _say(f"loaded {rows:,} rows in {load_s:.1f} s ({rows / load_s:,.0f} rows/s)")
+        say("rollups", f"loaded {rows:,} rows in {load_s:.1f} s ({rows / load_s:,.0f} rows/s)")
         for i in range(repeats):
             for which in ("sql", "pandas") if i % 2 == 0 else ("pandas", "sql"):
                 await _reset(db)
                 if which == "sql":
                     seconds, bars_1m = await run_sql(db)
                     sql_runs.append(seconds)
-                    _say(f"run {i + 1}/{repeats}: SQL {seconds:.2f} s ({bars_1m:,} bars)")
+                    say("rollups", f"run {i + 1}/{repeats}: SQL {seconds:.2f} s ({bars_1m:,} bars)")
                 else:
                     times, frame = await run_pandas(db)
                     pandas_runs.append(times)
-                    _say(
+                    say(
+                        "rollups",
                         f"run {i + 1}/{repeats}: pandas {times['total_s']:.2f} s (read "
                         f"{times['read_s']:.2f}, resample {times['resample_s']:.2f}, write "
-                        f"{times['write_s']:.2f})"
+                        f"{times['write_s']:.2f})",
                     )
                     if check is None:  # compare with the SQL rollup of the same data
                         await _reset(db)

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -24,6 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import psutil
 
+from mdp_core.channel import Channel
+from mdp_core.coordinator import WriteCoordinator
 from mdp_core.logs import configure_logging
 from mdp_core.settings import get_settings
 from mdp_core.store.database import Database
@@ -32,12 +35,14 @@ from mdp_core.store.embedded import EmbeddedServer
 __all__ = [
     "RESULTS_DIR",
     "bench_database",
+    "consume_batches",
     "machine",
     "markdown_table",
     "median",
     "now_iso",
     "percentile",
     "quiet_logging",
+    "say",
     "server_version",
     "write_json",
 ]
@@ -126,6 +131,18 @@ async def bench_database(max_size: int = 5) -> AsyncIterator[Database]:
                 yield db
         finally:
             server.destroy()
+
+
+async def consume_batches(channel: Channel[Any], coord: WriteCoordinator[Any]) -> None:
+    """What ``Pipeline`` does with no operators: whole batches from the channel into the
+    coordinator, until the channel closes."""
+    async for batch in channel.iter_batches(coord.settings.batch_size):
+        await coord.submit_many(batch)
+
+
+def say(name: str, text: str) -> None:
+    """A progress line of benchmark ``name`` on stderr (stdout is for its figures)."""
+    print(f"{name}: {text}", file=sys.stderr, flush=True)
 
 
 def write_json(name: str, result: dict[str, Any]) -> Path:

@@ -30,7 +30,7 @@ from mdp_core.dlq import DeadLetterQueue, DeadLetterRecord
 from mdp_core.gateway import SimBar, SimulatedGateway
 from mdp_core.store.database import Database
 
-__all__ = ["Check", "DlqCounts", "StreamAccount", "account", "render"]
+__all__ = ["Check", "DlqCounts", "StreamAccount", "account", "poison_rows_in_table", "render"]
 
 Stream = InProcessStream | CliStream
 BAR = 5
@@ -54,8 +54,8 @@ _HEARTBEATS_SQL = (
     "FROM mdp.stream_heartbeats WHERE stream = $1"
 )
 _POISON_ROWS_SQL = {
-    "bars": "SELECT count(*) FROM mdp.bars WHERE source = $1",
-    "quotes": "SELECT count(*) FROM mdp.quotes WHERE source = $1",
+    "bars": "SELECT count(*) FROM mdp.bars WHERE source = $1 AND symbol = ANY($2::text[])",
+    "quotes": "SELECT count(*) FROM mdp.quotes WHERE source = $1 AND symbol = ANY($2::text[])",
 }
 
 
@@ -228,6 +228,11 @@ def coverage(runs: list[RunRecord]) -> tuple[list[tuple[float, float]], list[Win
     return covered, excluded
 
 
+async def poison_rows_in_table(db: Database, mode: str, symbols: list[str]) -> int:
+    """Poison rows of ``symbols`` in the table of ``mode`` (``bars`` or ``quotes``)."""
+    return int(await db.pool.fetchval(_POISON_ROWS_SQL[mode], POISON_SOURCE, symbols))
+
+
 async def account(
     streams: list[Stream],
     gw: SimulatedGateway,
@@ -268,9 +273,7 @@ async def account(
         acc.last_heartbeat = json.loads(beats["last"]) if beats["last"] else {}
         symbols = list(s.symbols)
         acc.duplicates = int(await db.pool.fetchval(_DUPLICATES_SQL[s.mode], symbols))
-        acc.poison_rows_in_table = int(
-            await db.pool.fetchval(_POISON_ROWS_SQL[s.mode], POISON_SOURCE)
-        )
+        acc.poison_rows_in_table = await poison_rows_in_table(db, s.mode, symbols)
         keys: set[tuple[Any, ...]]
         if s.mode == "bars":
             rows = await db.pool.fetch(_BAR_ROWS_SQL, symbols, POISON_SOURCE)
@@ -282,9 +285,7 @@ async def account(
         acc.rows = len(rows)
         if isinstance(stream, InProcessStream):
             failing = {
-                r.record().key
-                for r in DeadLetterQueue(stream.pipeline.dlq.directory).list(stream=s.name)
-                if not _is_poison(r)
+                r.record().key for r in stream.pipeline.dlq.list(stream=s.name) if not _is_poison(r)
             }
             acc.keys_missing = len(stream.tap.keys - keys - failing)
             acc.keys_extra = len(keys - stream.tap.keys)

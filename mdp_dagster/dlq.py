@@ -23,6 +23,7 @@ from mdp_core.dlq import DeadLetterQueue, ReplayBusyError, ReplayResult
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink
 from mdp_dagster.resources import DlqResource, StoreResource
+from mdp_dagster.streaming import ACTIVE_STATUSES
 
 __all__ = [
     "DlqReplayConfig",
@@ -36,13 +37,6 @@ __all__ = [
 JOB_NAME = "dlq_replay"
 RUN_TAGS = {"mdp/kind": "dlq"}
 CRON = "*/15 * * * *"
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
 
 
 class DlqReplayConfig(dg.Config):
@@ -124,7 +118,7 @@ def spool_fingerprint(queue: DeadLetterQueue) -> tuple[int, str]:
 
 def _replay_in_progress(instance: dg.DagsterInstance) -> bool:
     runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=IN_PROGRESS), limit=1
+        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE_STATUSES), limit=1
     )
     return bool(runs)
 

@@ -7,8 +7,9 @@ Checks (each a small query over a recent window; thresholds from ``MDP_CHECK_*``
   check passes and says so. Market hours come from exchange_calendars (``calendar``,
   default XNYS; ``24/7`` for the simulated gateway, which trades around the clock).
 - ``gaps`` (bars_5s): per symbol, the 5-second slots missing between consecutive bars in
-  the last ``window_minutes``, counting only open-market time; fails when a symbol misses
-  more than ``gap_max_missing`` slots.
+  the last ``window_minutes`` and after its last bar up to now (a symbol that stopped
+  getting bars), counting only open-market time; fails when a symbol misses more than
+  ``gap_max_missing`` slots.
 - ``ohlc_sane`` (bars_5s and each rollup): no bar with low > open/close, open/close > high,
   a non-positive or infinite price, or a negative volume.
 - ``no_duplicates`` (quotes, bars_5s and each rollup): ``count(*)`` equals the number of
@@ -38,7 +39,7 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mdp_core.calendars import get_calendar, open_intervals
+from mdp_core.calendars import open_intervals
 from mdp_core.dlq import DeadLetterRecord
 from mdp_core.pipeline import StreamsConfigError
 from mdp_core.store.database import Database
@@ -100,14 +101,16 @@ _NEWEST = {
     "bars_5s": "SELECT max(ts) FROM mdp.bars WHERE resolution = '5s' AND ts >= $1",
 }
 
+# Each bar with the next one of its symbol, or the window's end after its last bar (so a
+# symbol that stopped getting bars shows a gap up to now); only gaps of a slot or more.
 _GAPS_SQL = """
-SELECT symbol, prev_ts, ts
+SELECT symbol, ts, next_ts
 FROM (
-    SELECT symbol, ts, lag(ts) OVER (PARTITION BY symbol ORDER BY ts) AS prev_ts
+    SELECT symbol, ts, coalesce(lead(ts) OVER (PARTITION BY symbol ORDER BY ts), $2) AS next_ts
     FROM mdp.bars
     WHERE resolution = '5s' AND ts >= $1 AND ts < $2
 ) g
-WHERE ts - prev_ts > interval '5 seconds'
+WHERE next_ts - ts > interval '5 seconds'
 """
 _SYMBOLS_5S_SQL = """
 SELECT count(DISTINCT symbol) FROM mdp.bars WHERE resolution = '5s' AND ts >= $1 AND ts < $2
@@ -240,10 +243,10 @@ async def check_gaps(db: Database, now: datetime, settings: CheckSettings) -> dg
     per_symbol: Counter[str] = Counter()
     gaps: list[tuple[int, str, datetime, datetime]] = []
     for r in rows:
-        n = _open_slots(r["prev_ts"], r["ts"], spans)
+        n = _open_slots(r["ts"], r["next_ts"], spans)
         if n:
             per_symbol[r["symbol"]] += n
-            gaps.append((n, r["symbol"], r["prev_ts"] + SLOT, r["ts"]))
+            gaps.append((n, r["symbol"], r["ts"] + SLOT, r["next_ts"]))
     worst = per_symbol.most_common(SAMPLE_ROWS)
     gaps.sort(key=lambda g: (-g[0], g[2]))
     meta |= {
@@ -255,7 +258,7 @@ async def check_gaps(db: Database, now: datetime, settings: CheckSettings) -> dg
         ),
         "largest_gaps": dg.MetadataValue.md(
             _md_table(
-                ["symbol", "missing", "from", "to (next bar)"],
+                ["symbol", "missing", "from", "to (next bar or window end)"],
                 [(s, n, _iso(a), _iso(b)) for n, s, a, b in gaps[:SAMPLE_ROWS]],
             )
             if gaps
@@ -600,9 +603,10 @@ def build_health_defs(
     """The checks, the health asset, their job and schedule (resources: ``store``, ``dlq``).
 
     ``stale_after``: seconds after which a live stream's heartbeat is stale (default: the
-    supervisor's threshold)."""
+    supervisor's threshold). The market calendar is built by the first check that needs it
+    (not here: every run worker imports the definitions); an unknown name fails the
+    ``fresh`` and ``gaps`` checks with a ``ValueError`` naming it."""
     cfg = settings or CheckSettings()
-    get_calendar(cfg.calendar)  # an unknown calendar fails at load, not at every check
     stale = stale_after if stale_after is not None else SupervisorPolicy().stale_after
     grace = timedelta(seconds=RollupSettings().grace_seconds)
     window = timedelta(minutes=cfg.window_minutes)

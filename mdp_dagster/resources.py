@@ -32,10 +32,6 @@ class StoreResource(dg.ConfigurableResource):
         """The DSN from the environment (``None`` = embedded). Never log it unmasked."""
         return os.environ.get(self.dsn_env) or None
 
-    def connect(self) -> Database:
-        """``Database.connect()`` for this store, usable with ``await`` or ``async with``."""
-        return Database.connect(self.dsn())  # type: ignore[return-value]
-
     def run(self, work: Callable[[Database], Awaitable[T]]) -> T:
         """Run ``await work(db)`` on a fresh event loop and pool (for sync ops and sensors)."""
 

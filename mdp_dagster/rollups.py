@@ -44,10 +44,6 @@ __all__ = [
     "GROUP",
     "ROLLUP_KEYS",
     "RollupSettings",
-    "bars_1d",
-    "bars_1h",
-    "bars_1m",
-    "bars_5m",
     "build_rollup_defs",
     "defs",
     "sparkline",
@@ -394,6 +390,3 @@ def build_rollup_defs(
 
 
 defs = build_rollup_defs()
-bars_1m, bars_5m, bars_1h, bars_1d = (
-    a for a in (defs.assets or []) if isinstance(a, dg.AssetsDefinition)
-)

@@ -60,7 +60,6 @@ __all__ = [
 STREAM_TAG = "mdp/stream"
 KIND_TAG = "mdp/kind"
 STREAMS_FILE_ENV = "MDP_STREAMS_FILE"
-DEFAULT_HEARTBEAT_INTERVAL = 15.0
 # Extra time, on top of the coordinator's drain timeout and the provider's stop timeout,
 # that the op waits for the pipeline thread after a termination request.
 DRAIN_MARGIN = 30.0
@@ -110,9 +109,10 @@ class StreamRunConfig(dg.Config):
         default=30.0, gt=0, description="seconds between progress materializations in the UI"
     )
     heartbeat_interval: float = Field(
-        default=DEFAULT_HEARTBEAT_INTERVAL,
+        default=SupervisorPolicy().heartbeat_interval,
         gt=0,
-        description="seconds between rows in mdp.stream_heartbeats (the supervisor's check)",
+        description="seconds between rows in mdp.stream_heartbeats; the supervisor judges "
+        "staleness by its policy's interval, so a supervised run keeps the default",
     )
 
 
@@ -325,9 +325,10 @@ def run_stream(
             except DagsterExecutionInterruptedError:
                 pass  # a repeated interrupt: the heartbeat row has the final counters too
             raise
-        finally:
-            if runner.is_alive():  # an unexpected error in this thread: stop, do not orphan
+        except BaseException:  # an unexpected error in this thread: stop, do not orphan
+            if runner.is_alive():
                 _stop_and_drain(runner, bridge, context)
+            raise
         stats, error = runner.outcome()
         report(stats)
     counters = stats.counters() if stats is not None else {}
@@ -393,13 +394,7 @@ def stream_run_request(spec: StreamSpec, reason: str) -> dg.RunRequest:
     relaunch), the stream tag that dagster.yaml's concurrency limit applies to."""
     return dg.RunRequest(
         run_key=None,
-        run_config=dg.RunConfig(
-            ops={
-                "run_stream": StreamRunConfig(
-                    stream=spec.name, heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL
-                )
-            }
-        ),
+        run_config=dg.RunConfig(ops={"run_stream": StreamRunConfig(stream=spec.name)}),
         tags={STREAM_TAG: spec.name, KIND_TAG: "stream", "mdp/reason": reason[:200]},
     )
 
@@ -448,7 +443,7 @@ def supervise(
 ) -> tuple[list[dg.RunRequest], list[Decision]]:
     """One supervisor pass: terminate stale runs and runs of streams no longer enabled,
     and return the run requests for streams that need a run (and every decision)."""
-    policy = policy or SupervisorPolicy(heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL)
+    policy = policy or SupervisorPolicy()
     now = time.time() if now is None else now
     enabled = {s.name: s for s in specs if s.enabled}
     active = instance.get_run_records(

@@ -7,13 +7,14 @@ SQL vs pandas rollup, the report), against the real embedded PostgreSQL, in a fe
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from benchmarks import bench_latency, bench_memory, bench_rollups
-from benchmarks.__main__ import BENCHMARKS, median_of_runs, render, summary
-from benchmarks.common import markdown_table, percentile
+from benchmarks.__main__ import BENCHMARKS, render, section, summary
+from benchmarks.common import RESULTS_DIR, markdown_table, percentile
 from mdp_core.coordinator import CoordinatorSettings
 from mdp_core.store.database import Database
 
@@ -56,18 +57,27 @@ async def test_sql_and_pandas_rollups_agree(fresh_dsn: str) -> None:
     assert check["equal"], check
 
 
-def test_median_of_runs_merges_figures() -> None:
-    runs = [
-        {"rate": 1.0, "ok": True, "name": "a", "rows": [{"x": 1}, {"x": 10}]},
-        {"rate": 3.0, "ok": False, "name": "b", "rows": [{"x": 2}, {"x": 30}]},
-        {"rate": 2.0, "ok": True, "name": "c", "rows": [{"x": 3}, {"x": 20}]},
-    ]
-    merged = median_of_runs(runs)
-    assert merged["rate"] == 2.0
-    assert merged["ok"] is False
-    assert merged["name"] == "a"
-    assert merged["rows"] == [{"x": 2}, {"x": 20}]
-    assert merged["runs"] == runs
+def test_report_renders_every_benchmark_from_its_figures() -> None:
+    """Each module renders its section, and the summary judges every target, from the
+    figures of the last full run (``benchmarks/results/<name>.json``)."""
+    entries = {
+        b.name: {
+            "status": "ok",
+            "wall_s": 1.0,
+            "result": json.loads((RESULTS_DIR / f"{b.name}.json").read_text()),
+        }
+        for b in BENCHMARKS
+    }
+    for name, entry in entries.items():
+        lines = section(name, entry["result"])
+        assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
+        assert lines[-1].endswith("."), (name, lines)
+    rows = summary(entries)
+    assert len(rows) == 7 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    ibkr = entries["ibkr"]["result"]
+    (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
+    assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")
+    assert f"{ibkr['quotes_per_s_50_symbols']:,.0f} quotes/s" in headline["measured"]
 
 
 def test_percentile_interpolates() -> None:

@@ -74,7 +74,8 @@ def run_check(
     (check,) = [c for c in defs.asset_checks or [] if dg.AssetCheckKey(key, name) in c.check_keys]
     dlq = DlqResource(directory=str(dlq_dir)) if dlq_dir else DlqResource()
     resources = {"store": StoreResource(), "dlq": dlq}
-    result = check(dg.build_asset_check_context(resources=resources))
+    with dg.DagsterInstance.ephemeral() as instance:  # closed even when the check raises
+        result = check(dg.build_asset_check_context(resources=resources, instance=instance))
     assert isinstance(result, dg.AssetCheckResult)
     return result
 
@@ -121,9 +122,12 @@ def test_freshness_gives_the_stream_time_after_the_open(store_dsn: str) -> None:
     assert not run_check(BARS_5S.key, "fresh", now=just_opened + timedelta(minutes=4)).passed
 
 
-def test_unknown_calendar_is_a_clear_error() -> None:
+def test_unknown_calendar_is_a_clear_error(store_dsn: str) -> None:
+    for table in (QUOTES, BARS_5S):
+        with pytest.raises(ValueError, match="unknown market calendar 'NOPE'"):
+            run_check(table.key, "fresh", calendar="NOPE")
     with pytest.raises(ValueError, match="unknown market calendar 'NOPE'"):
-        build_health_defs(CheckSettings(calendar="NOPE"))
+        run_check(BARS_5S.key, "gaps", calendar="NOPE")
 
 
 def test_open_intervals() -> None:
@@ -182,6 +186,28 @@ def test_gaps_pass_on_complete_bars_and_when_closed(store_dsn: str) -> None:
     assert complete.passed and meta(complete)["missing_slots"] == 0
     closed = run_check(BARS_5S.key, "gaps", now=SATURDAY)
     assert closed.passed and "market closed" in meta(closed)["note"]
+
+
+def test_gaps_flag_a_symbol_that_stopped(store_dsn: str) -> None:
+    """A symbol whose bars stop mid-window (dropped after a resubscribe) misses every slot
+    from its last bar to the window's end: that counts, though no later bar closes the gap."""
+    complete = [b for b in gappy_bars() if b.symbol == "AAPL"]
+    stop = TUESDAY - timedelta(minutes=10)
+    stopped = [bar("NVDA", b.ts) for b in complete if b.ts < stop]
+    write(store_dsn, complete + stopped)
+    result = run_check(BARS_5S.key, "gaps")
+    assert not result.passed
+    m = meta(result)
+    assert (m["symbols_checked"], m["missing_slots"], m["symbols_with_gaps"]) == (2, 120, 1)
+    assert m["worst_symbols"].splitlines()[2:] == ["| NVDA | 120 |"]
+    assert (
+        "| NVDA | 120 | 2024-01-02T14:50:00+00:00 | 2024-01-02T15:00:00+00:00 |"
+        in m["largest_gaps"]
+    )
+    assert run_check(BARS_5S.key, "gaps", gap_max_missing=120).passed
+    write(store_dsn, [bar("NVDA", b.ts) for b in complete if b.ts >= stop])
+    both_complete = run_check(BARS_5S.key, "gaps", gap_max_missing=0)
+    assert both_complete.passed and meta(both_complete)["missing_slots"] == 0
 
 
 # -- OHLC sanity and duplicates (the schema forbids both: drop its guards first) ------------

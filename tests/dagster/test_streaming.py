@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from mdp_dagster.assets import BARS_5S, QUOTES
-from mdp_dagster.streaming import StreamRunConfig, stream_job
+from mdp_dagster.streaming import PipelineThread, StreamRunConfig, stream_job
 from tests.dagster.helpers import materializations, metadata_values, run_log_messages, sql_value
 
 SYNTHETIC_QUOTES = """
@@ -79,19 +79,24 @@ def test_stream_writes_rows_and_reports_progress(
     assert any("balanced" in m and "[mdp_core.pipeline]" in m for m in messages)
 
 
+async def _wait_for_rows(conn: asyncpg.Connection, done: threading.Event) -> bool:
+    """Whether the quotes table got more than 500 rows (before ``done`` or 60 s)."""
+    deadline = time.monotonic() + 60
+    while not done.is_set() and time.monotonic() < deadline:
+        has_table = await conn.fetchval("SELECT to_regclass('mdp.quotes') IS NOT NULL")
+        if has_table and await conn.fetchval("SELECT count(*) > 500 FROM mdp.quotes"):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 def _sigint_when_rows(dsn: str, done: threading.Event) -> threading.Thread:
     """Send SIGINT to this process as soon as the quotes table has rows (once)."""
 
     async def wait_for_rows() -> bool:
         conn = await asyncpg.connect(dsn)
         try:
-            deadline = time.monotonic() + 60
-            while not done.is_set() and time.monotonic() < deadline:
-                has_table = await conn.fetchval("SELECT to_regclass('mdp.quotes') IS NOT NULL")
-                if has_table and await conn.fetchval("SELECT count(*) > 500 FROM mdp.quotes"):
-                    return True
-                await asyncio.sleep(0.05)
-            return False
+            return await _wait_for_rows(conn, done)
         finally:
             await conn.close()
 
@@ -139,6 +144,58 @@ def test_interrupt_drains_with_nothing_lost(
     )
     assert '"state": "finished"' in last
     assert f'"committed": {final["committed"]}' in last
+
+
+def _sigint_while_locked(dsn: str, done: threading.Event) -> threading.Thread:
+    """Once the quotes table has rows: lock it (the pipeline's writes wait, so its drain
+    cannot finish), send SIGINT to this process and hold the lock until ``done``."""
+
+    async def lock_and_interrupt() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            if not await _wait_for_rows(conn, done):
+                return
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE mdp.quotes IN ACCESS EXCLUSIVE MODE")
+                os.kill(os.getpid(), signal.SIGINT)
+                await asyncio.to_thread(done.wait, 60)
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(lock_and_interrupt()), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_interrupt_that_outlasts_the_drain_budget_gives_up_once(
+    instance: dg.DagsterInstance,
+    resources: dict[str, object],
+    store_dsn: str,
+    write_streams: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_streams(SYNTHETIC_QUOTES.replace("rate: 200", "rate: 2000"))
+    monkeypatch.setattr(PipelineThread, "drain_budget", lambda self: 0.0)
+    done = threading.Event()
+    watcher = _sigint_while_locked(store_dsn, done)
+    try:
+        result = _run(instance, resources, stream="syn_quotes", max_seconds=60.0)
+    finally:
+        done.set()  # the writes go through: the pipeline left behind finishes its drain
+        watcher.join(timeout=10)
+        for thread in threading.enumerate():
+            if thread.name == "mdp-stream-syn_quotes":
+                thread.join(timeout=60)
+    assert not result.success
+    messages = run_log_messages(instance, result.run_id)
+    assert sum("termination requested" in m for m in messages) == 1
+    assert sum("still draining after 0s" in m for m in messages) == 1
+    last = sql_value(
+        store_dsn,
+        "SELECT counters FROM mdp.stream_heartbeats WHERE run_id = $1 ORDER BY ts DESC LIMIT 1",
+        result.run_id,
+    )
+    assert '"state": "finished"' in last
 
 
 def test_bars_stream_reports_bars_asset(
