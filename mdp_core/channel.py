@@ -1,12 +1,18 @@
 """A bounded, single-event-loop channel between a provider and its consumers.
 
-Overflow policies (what happens when a full channel receives another item):
+Items leave in the order they came (FIFO). Overflow policies (what happens when a full
+channel receives another item):
 
-- ``block``: ``put`` waits for space; ``offer`` returns ``False`` and counts a rejection.
+- ``block``: ``put`` waits for space; ``offer`` returns ``False`` and counts a rejection;
+  ``push`` (a producer that cannot wait but can pause its input, e.g. stop reading its
+  socket) accepts the item beyond the capacity and returns ``False``: "pause until
+  ``wait_for_room()``". Nothing is ever lost under ``block``.
 - ``drop_oldest``: the oldest buffered item is discarded (counted in ``dropped``).
-- ``conflate``: the channel holds at most one pending item per key (``key_fn``, by default
-  the item's ``symbol``); a newer item replaces the pending one in place (counted in
-  ``conflated``). A new key arriving when full discards the oldest item (``dropped``).
+- ``conflate``: the newest item replaces the pending item with the same key (``key_fn``,
+  by default the item's ``symbol``) in its place in the queue, so only the latest value per
+  key waits (counted in ``conflated``); a key with nothing pending makes room by
+  discarding the oldest item (counted in ``dropped``). Below the capacity nothing is
+  conflated: a consumer that keeps up sees every item.
 
 Accounting: ``accepted == delivered + depth + dropped + conflated`` at every moment, and
 every ``offer`` that returned ``False`` is counted in ``rejected``. Nothing disappears
@@ -20,10 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import operator
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 __all__ = ["Channel", "ChannelClosed", "ChannelStats", "Overflow"]
 
@@ -54,8 +60,9 @@ class ChannelStats:
 class Channel(Generic[T]):
     """Bounded FIFO channel with an overflow policy; see the module docstring.
 
-    Use from one event loop. ``offer`` is synchronous and never blocks, for provider
-    callbacks that cannot await; ``offer_threadsafe`` hands an item over from another thread.
+    Use from one event loop. ``offer`` and ``push`` are synchronous and never block, for
+    provider callbacks that cannot await; ``offer_threadsafe`` hands an item over from
+    another thread.
     """
 
     def __init__(
@@ -74,9 +81,12 @@ class Channel(Generic[T]):
             raise ValueError("Channel key_fn is only used with overflow='conflate'")
         self.capacity = capacity
         self.overflow: Overflow = overflow
+        self._conflate = overflow == "conflate"
         self._key_fn: Callable[[T], Hashable] = key_fn or operator.attrgetter("symbol")
-        self._items: deque[T] = deque()
-        self._by_key: OrderedDict[Hashable, T] = OrderedDict()  # conflate only
+        # Under conflate the queue holds [item, key] entries, and _pending maps each key to
+        # its newest entry still queued (so it can be replaced in place).
+        self._items: deque[Any] = deque()
+        self._pending: dict[Hashable, list[Any]] = {}
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -92,7 +102,7 @@ class Channel(Generic[T]):
     # -- state -------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._by_key) if self.overflow == "conflate" else len(self._items)
+        return len(self._items)
 
     @property
     def closed(self) -> bool:
@@ -102,7 +112,7 @@ class Channel(Generic[T]):
     def stats(self) -> ChannelStats:
         return ChannelStats(
             capacity=self.capacity,
-            depth=len(self),
+            depth=len(self._items),
             high_water=self._high_water,
             accepted=self._accepted,
             delivered=self._delivered,
@@ -130,41 +140,67 @@ class Channel(Generic[T]):
         """
         if self._closed:
             raise ChannelClosed("offer() on a closed channel")
-        if self.overflow == "conflate":
-            self._offer_conflate(item)
-            return True
         items = self._items
         if len(items) >= self.capacity:
             if self.overflow == "block":
                 self._rejected += 1
                 return False
+            if self._conflate:
+                return self._conflate_full(item)
             items.popleft()
             self._dropped += 1
-        items.append(item)
+        self._append(item)
+        return True
+
+    def push(self, item: T) -> bool:
+        """Add ``item`` from a producer that cannot wait but can pause its input.
+
+        Always accepted (``ChannelClosed`` if closed). Under ``block`` a full channel takes
+        the item beyond its capacity and returns ``False``: the producer must stop its
+        input (e.g. pause reading its socket) until ``wait_for_room()`` returns; the
+        overshoot is bounded by what the producer had in hand when it paused. The other
+        policies apply as for ``offer`` and return ``True``."""
+        if self._closed:
+            raise ChannelClosed("push() on a closed channel")
+        if len(self._items) < self.capacity:
+            self._append(item)
+            return True
+        if self.overflow == "block":
+            self._append(item)
+            return False
+        return self.offer(item)
+
+    def _append(self, item: T) -> None:
+        items = self._items
+        if self._conflate:
+            key = self._key_fn(item)
+            entry = [item, key]
+            self._pending[key] = entry
+            items.append(entry)
+        else:
+            items.append(item)
         self._accepted += 1
         if len(items) > self._high_water:
             self._high_water = len(items)
         if self._getters:
             self._wake(self._getters)
-        return True
 
-    def _offer_conflate(self, item: T) -> None:
+    def _conflate_full(self, item: T) -> bool:
         key = self._key_fn(item)
-        by_key = self._by_key
-        if key in by_key:
-            by_key[key] = item  # keeps the pending item's place in the queue
-            self._conflated += 1
-            self._accepted += 1
-            return
-        if len(by_key) >= self.capacity:
-            by_key.popitem(last=False)
-            self._dropped += 1
-        by_key[key] = item
+        entry = self._pending.get(key)
         self._accepted += 1
-        if len(by_key) > self._high_water:
-            self._high_water = len(by_key)
-        if self._getters:
-            self._wake(self._getters)
+        if entry is not None:
+            entry[0] = item  # keeps the pending item's place in the queue
+            self._conflated += 1
+            return True
+        oldest: list[Any] = self._items.popleft()
+        oldest_key = oldest[1]
+        if self._pending.get(oldest_key) is oldest:
+            del self._pending[oldest_key]
+        self._dropped += 1
+        self._accepted -= 1  # _append counts it
+        self._append(item)
+        return True
 
     async def put(self, item: T) -> None:
         """Add ``item``; under ``block`` wait while the channel is full.
@@ -176,6 +212,11 @@ class Channel(Generic[T]):
                 raise ChannelClosed("put() on a closed channel")
             await self._wait(self._putters)
         self.offer(item)
+
+    async def wait_for_room(self) -> None:
+        """Return once the channel holds fewer items than its capacity (or is closed)."""
+        while len(self._items) >= self.capacity and not self._closed:
+            await self._wait(self._putters)
 
     def offer_threadsafe(self, item: T) -> None:
         """Hand ``item`` to the channel's loop from another thread (applies ``offer``)."""
@@ -213,20 +254,27 @@ class Channel(Generic[T]):
     def get_nowait(self) -> T:
         """Take the next item; raise ``asyncio.QueueEmpty`` if none is buffered, or the
         close error / ``ChannelClosed`` once closed and drained."""
-        if self.overflow == "conflate":
-            if not self._by_key:
-                self._raise_if_finished()
-                raise asyncio.QueueEmpty
-            item = self._by_key.popitem(last=False)[1]
-        else:
-            if not self._items:
-                self._raise_if_finished()
-                raise asyncio.QueueEmpty
-            item = self._items.popleft()
+        items = self._items
+        if not items:
+            self._raise_if_finished()
+            raise asyncio.QueueEmpty
+        item: Any = items.popleft()
+        if self._conflate:
+            entry: list[Any] = item
+            item = entry[0]
+            if self._pending.get(entry[1]) is entry:
+                del self._pending[entry[1]]
         self._delivered += 1
         if self._putters:
             self._wake(self._putters)
         return item
+
+    def drain_nowait(self) -> list[T]:
+        """Take every buffered item at once (for a shutdown that must spool them)."""
+        out: list[T] = []
+        while self._items:
+            out.append(self.get_nowait())
+        return out
 
     async def get(self) -> T:
         """Wait for and take the next item (see ``get_nowait`` for the end of the stream)."""
@@ -241,7 +289,7 @@ class Channel(Generic[T]):
         return up to ``max_items`` buffered items without further waiting.
 
         Returns ``[]`` on timeout. At the end of the stream raises like ``get``."""
-        if not len(self):
+        if not self._items:
             self._raise_if_finished()
             try:
                 await asyncio.wait_for(self._wait(self._getters), timeout)

@@ -13,8 +13,9 @@ Guarantees (see DESIGN.md section 3 and reliability.md):
   ``workers x batch_size`` items are in flight. Under ``overflow="block"`` a full queue
   holds producers back in ``submit``; ``drop_oldest`` drops (counted); ``error`` raises
   ``QueueFullError``.
-- **G4 poison isolation.** A data error (SQLSTATE 22xxx/23xxx) is not retried: the batch is
-  bisected until only the offending rows are left; each is dead-lettered with its own
+- **G4 poison isolation.** Only transient errors are retried as a batch. Any other write
+  error (a data error, SQLSTATE 22xxx/23xxx, but also an unexpected one) is not: the batch
+  is bisected until only the offending rows are left; each is dead-lettered with its own
   error (class, SQLSTATE, message) and the rest commit.
 - **G5 infrastructure errors** (SQLSTATE 08, 40, 53, 57P, timeouts, sockets; see
   ``mdp_core.errors``) are retried with exponential backoff and full jitter up to
@@ -24,13 +25,18 @@ Guarantees (see DESIGN.md section 3 and reliability.md):
   an open circuit at most ``RetryPolicy.budget`` seconds past the start of the outage, then
   goes to the spool, so a long outage turns the spool into a write-ahead log instead of
   holding the stream back.
-- Any other exception from the sink (a bug) dead-letters the batch with that error and
-  crashes the worker, which its supervisor restarts (counted in ``worker_restarts``) after
-  a backoff; the rest of a crashed worker's batch goes back to the front of the queue.
+- A worker that dies anyway (the spool itself failed) is restarted by its supervisor
+  (counted in ``worker_restarts``) after a backoff; its unfinished batch goes back to the
+  front of the queue.
 - ``drain()`` waits until everything submitted is committed or dead-lettered. ``close()``
   (leaving ``async with``) drains; if ``drain_timeout`` expires, what is left, queued or in
   flight with an unknown outcome, is spooled to the DLQ (at-least-once: replay is
-  idempotent), never dropped.
+  idempotent), never dropped. ``spill()`` does that at once and keeps accepting: from then
+  on every submitted item goes straight to the spool (a drain that outlasts its budget).
+- If the spool itself cannot be written (disk full, read-only), the items are kept in
+  memory and counted in ``health().unpersisted``; ``close()`` then raises ``SpoolError``
+  (every time it is called, without waiting), so the failure is never mistaken for a
+  clean stop.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ __all__ = [
     "QueueFullError",
     "RetryPolicy",
     "Sink",
+    "SpoolError",
     "WriteCoordinator",
 ]
 
@@ -98,8 +105,8 @@ class CoordinatorClosedError(RuntimeError):
     """``submit`` on a coordinator that is not running (not started, or closing)."""
 
 
-class _WorkerCrash(Exception):
-    """A sink raised something unexpected: the worker is restarted."""
+class SpoolError(RuntimeError):
+    """Items could be written neither to the database nor to the dead-letter spool."""
 
 
 # -- configuration ---------------------------------------------------------------------
@@ -112,7 +119,7 @@ class RetryPolicy:
     The delay after the n-th failed attempt is drawn from ``[0, cap(n)]`` with
     ``cap(n) = min(max_backoff, initial_backoff * multiplier ** (n - 1))`` ("full" jitter;
     "equal" draws from ``[cap/2, cap]``, "none" waits ``cap``). ``classify(exc)`` returns
-    ``"transient"``, ``"permanent"`` or ``"fatal"`` (default ``mdp_core.errors.classify_error``).
+    ``"transient"`` or ``"permanent"`` (default ``mdp_core.errors.classify_error``).
     """
 
     max_attempts: int = 5
@@ -165,9 +172,9 @@ class RetryPolicy:
         return sum(self.cap(n) for n in range(1, self.max_attempts))
 
     def classification(self, exc: BaseException) -> Classification:
-        """``classify(exc)``; anything but "transient"/"permanent" counts as "fatal"."""
+        """``classify(exc)``; anything but "transient" counts as "permanent"."""
         kind = (self.classify or classify_error)(exc)
-        return kind if kind in ("transient", "permanent") else "fatal"
+        return "transient" if kind == "transient" else "permanent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +279,7 @@ class CoordinatorHealth:
     duplicates_ignored: int
     dead_lettered: int
     dropped: int
+    unpersisted: int  # neither committed nor spooled: the spool failed (see SpoolError)
     retries: int
     circuit: CircuitState
     circuit_opened: int
@@ -286,7 +294,8 @@ class CoordinatorHealth:
 
     @property
     def pending(self) -> int:
-        """Items neither committed, dead-lettered nor dropped yet."""
+        """Items neither committed, dead-lettered nor dropped yet (``unpersisted`` ones
+        included)."""
         return self.submitted - self.committed - self.dead_lettered - self.dropped
 
     def to_dict(self) -> dict[str, Any]:
@@ -357,6 +366,10 @@ class WriteCoordinator(Generic[T]):
         self._accepting = False
         self._stopping = False  # workers exit once the queue is empty
         self._no_restart = False
+        self._closing = False
+        self._spilling = False  # spill(): everything goes straight to the spool
+        self._unspooled: list[T] = []  # the spool failed for these (see SpoolError)
+        self._spool_failure: BaseException | None = None
         self._flush_requests = 0  # > 0 while someone drains: do not wait to fill batches
         self._nonempty = asyncio.Event()
         self._space = asyncio.Event()
@@ -432,17 +445,21 @@ class WriteCoordinator(Generic[T]):
             self._flush_requests -= 1
 
     async def close(self) -> None:
-        """Stop accepting, drain (up to ``drain_timeout``), spool what is left, stop."""
+        """Stop accepting, drain (up to ``drain_timeout``), spool what is left, stop.
+
+        Raises ``SpoolError`` if items could not be spooled (again on every later call)."""
         if self._state == "starting":
             self._state = "stopped"
             self._closed.set()
             return
-        if self._state != "running":
+        if self._closing:
             await self._closed.wait()
+            self._raise_if_unpersisted()
             return
+        self._closing = True
         self._state = "draining"
         self._accepting = False
-        self._space.set()  # blocked producers: raise CoordinatorClosedError
+        self._space.set()  # blocked producers: raise CoordinatorClosedError (or spill)
         self._flush_requests += 1
         self._wake_fillers()
         timed_out = False
@@ -454,17 +471,12 @@ class WriteCoordinator(Generic[T]):
             timed_out = True
         except asyncio.CancelledError:
             cancelled = True  # still spool what is left before giving up
-        self._stopping = True
-        self._nonempty.set()
-        self._wake_fillers()
-        if timed_out or cancelled:
-            self._no_restart = True
-            for task in self._tasks.values():
-                task.cancel()
-        await self._join_workers()
-        self._spool_leftovers(timed_out or cancelled)
-        self._state = "stopped"
-        self._closed.set()
+        try:
+            await self._stop_workers(cancel=timed_out or cancelled)
+            self._spool_leftovers("drain timeout" if timed_out else "shutdown")
+        finally:
+            self._state = "stopped"
+            self._closed.set()
         h = self.health()
         logger.info(
             "coordinator {} stopped: submitted {}, committed {}, dead-lettered {}, dropped {}",
@@ -476,8 +488,31 @@ class WriteCoordinator(Generic[T]):
         )
         if cancelled:
             raise asyncio.CancelledError
+        self._raise_if_unpersisted()
 
-    async def _join_workers(self) -> None:
+    async def spill(self, reason: str = "drain budget spent") -> None:
+        """Stop writing to the database: spool what is queued and in flight now (in-flight
+        writes are cancelled: their outcome is unknown, so they may also be committed), and
+        from now on spool every submitted item at once. For a drain that outlasts its budget
+        while producers still hold items; ``close()`` afterwards finds nothing to drain."""
+        if self._spilling or self._state in ("starting", "stopped"):
+            return
+        logger.warning("coordinator {}: {}: spooling everything from now on", self.name, reason)
+        self._spilling = True
+        self._accepting = False  # the slow path of submit() spools
+        self._space.set()  # producers waiting for room spool their items instead
+        await self._stop_workers(cancel=True)
+        self._spool_leftovers(reason)
+
+    async def _stop_workers(self, *, cancel: bool) -> None:
+        """Let the workers finish the queue (or cancel them) and wait until they are gone."""
+        self._stopping = True
+        self._nonempty.set()
+        self._wake_fillers()
+        if cancel:
+            self._no_restart = True
+            for task in self._tasks.values():
+                task.cancel()
         while True:
             running = [t for t in self._tasks.values() if not t.done()]
             if not running:
@@ -489,7 +524,7 @@ class WriteCoordinator(Generic[T]):
                 for task in running:
                     task.cancel()
 
-    def _spool_leftovers(self, timed_out: bool) -> None:
+    def _spool_leftovers(self, reason: str) -> None:
         """After the workers stopped: spool whatever is unresolved (synchronously, so even a
         cancelled close finishes it)."""
         in_flight = [item for job in self._jobs.values() for item in job.unresolved()]
@@ -499,7 +534,6 @@ class WriteCoordinator(Generic[T]):
         leftovers = in_flight + queued
         if not leftovers:
             return
-        reason = "drain timeout" if timed_out else "shutdown"
         error = ErrorInfo(
             type="DrainTimeout",
             sqlstate=None,
@@ -508,23 +542,48 @@ class WriteCoordinator(Generic[T]):
                 f"{len(in_flight)} in flight (outcome unknown, may also be committed)"
             ),
         )
-        self.dlq.put(leftovers, error, 0, self._kind, stream=self.name)
-        self._dead_lettered += len(leftovers)
-        logger.warning(
-            "coordinator {}: {}; {} items spooled to {}",
-            self.name,
-            reason,
-            len(leftovers),
-            self.dlq,
-        )
+        if self._spool_now(leftovers, error, 0):
+            logger.warning(
+                "coordinator {}: {}; {} items spooled to {}",
+                self.name,
+                reason,
+                len(leftovers),
+                self.dlq,
+            )
+
+    def _spool_now(self, items: list[T], error: BaseException | ErrorInfo, attempts: int) -> bool:
+        """Dead-letter ``items`` synchronously; if the spool fails, keep them as unpersisted
+        and return False."""
+        try:
+            self.dlq.put(items, error, attempts, self._kind, stream=self.name)
+        except Exception as exc:
+            self._note_unpersisted(items, exc)
+            return False
+        self._dead_lettered += len(items)
+        self._check_idle()
+        return True
+
+    def _raise_if_unpersisted(self) -> None:
+        if self._unspooled:
+            failure = self._spool_failure
+            raise SpoolError(
+                f"coordinator {self.name!r}: {len(self._unspooled)} items could not be written "
+                f"to the dead-letter spool in {self.dlq.directory} "
+                f"({error_info(failure) if failure else 'unknown error'}): they are neither "
+                "committed nor dead-lettered (kept in memory until this process exits)"
+            )
 
     # -- producing ----------------------------------------------------------------------
 
     async def submit(self, item: T) -> None:
-        """Queue ``item``. Under ``overflow="block"`` waits while the queue is full."""
+        """Queue ``item``. Under ``overflow="block"`` waits while the queue is full; if
+        cancelled while waiting, the item is spooled rather than lost."""
         queue = self._queue
-        if len(queue) >= self._capacity or not self._accepting:
-            await self._make_room(1)
+        if (len(queue) >= self._capacity or not self._accepting) and await self._room_for(
+            [item]
+        ):
+            await self._spill_items([item])
+            return
         queue.append(item)
         self._submitted += 1
         # The hot path: a few comparisons per item; the rest happens per batch.
@@ -538,21 +597,25 @@ class WriteCoordinator(Generic[T]):
 
     async def submit_many(self, items: Iterable[T]) -> None:
         """Queue several items at once (cheaper than one ``submit`` each). Under ``error``
-        either all fit or none is queued."""
+        either all fit or none is queued. If cancelled while waiting for room, the items not
+        queued yet are spooled rather than lost."""
         batch = items if isinstance(items, list) else list(items)
         queue = self._queue
         overflow = self.settings.overflow
         start = 0
         while start < len(batch):
-            if not self._accepting:
-                await self._make_room(1)
+            if not self._accepting and await self._room_for(batch[start:]):
+                await self._spill_items(batch[start:])
+                return
             room = self._capacity - len(queue)
             if overflow == "drop_oldest":
                 room = len(batch) - start
             elif room < len(batch) - start and overflow == "error":
                 await self._make_room(len(batch) - start)
             elif room <= 0:
-                await self._make_room(1)
+                if await self._room_for(batch[start:]):
+                    await self._spill_items(batch[start:])
+                    return
                 continue
             chunk = batch[start : start + room]
             queue.extend(chunk)
@@ -565,8 +628,30 @@ class WriteCoordinator(Generic[T]):
                 self._count_dropped(excess)
             self._after_put()
 
-    async def _make_room(self, needed: int) -> None:
-        """Apply the overflow policy before adding ``needed`` items."""
+    async def _room_for(self, items: list[T]) -> bool:
+        """``_make_room(1)`` for a producer holding ``items``: if it is cancelled while it
+        waits, the items are spooled (counted) before the cancellation goes on."""
+        try:
+            return await self._make_room(1)
+        except asyncio.CancelledError:
+            self.spool_unsubmitted(items, "cancelled while waiting for room")
+            raise
+
+    def spool_unsubmitted(self, items: list[T], reason: str) -> None:
+        """Count ``items`` as submitted and dead-letter them at once, synchronously (a
+        shutdown that cannot wait for room: what a producer still holds must not be
+        lost). If the spool fails they are kept as unpersisted."""
+        if not items:
+            return
+        self._submitted += len(items)
+        error = ErrorInfo(type="Shutdown", sqlstate=None, message=reason)
+        self._spool_now(items, error, 0)
+
+    async def _make_room(self, needed: int) -> bool:
+        """Apply the overflow policy before adding ``needed`` items. Returns True when the
+        coordinator spills (the caller spools its items instead of queueing them)."""
+        if self._spilling:
+            return True
         if not self._accepting:
             raise CoordinatorClosedError(
                 f"coordinator {self.name!r} is {self._state}: submit() needs a running "
@@ -590,12 +675,15 @@ class WriteCoordinator(Generic[T]):
                 while len(queue) >= self._capacity:
                     self._space.clear()
                     await self._space.wait()
+                    if self._spilling:
+                        return True
                     if not self._accepting:
                         raise CoordinatorClosedError(
                             f"coordinator {self.name!r} closed while submit() waited for room"
                         )
             finally:
                 self._blocked -= 1
+        return False
 
     def _after_put(self) -> None:
         queue = self._queue
@@ -693,7 +781,7 @@ class WriteCoordinator(Generic[T]):
             return
         exc = task.exception()
         assert exc is not None
-        cause = exc.__cause__ if isinstance(exc, _WorkerCrash) and exc.__cause__ else exc
+        cause = exc
         self._restarts += 1
         self._consecutive_crashes += 1
         self._note_error(cause)
@@ -730,12 +818,10 @@ class WriteCoordinator(Generic[T]):
             else:
                 assert isinstance(value, BaseException | ErrorInfo)
                 await self._spool(job, segment, value, attempts, first_failed)
-                if outcome == "fatal" and isinstance(value, BaseException):
-                    raise _WorkerCrash(f"sink raised {type(value).__name__}") from value
 
     async def _write(self, segment: list[T]) -> tuple[str, Any, int, datetime | None]:
         """Write ``segment`` with retries. Returns (outcome, new rows or error, attempts,
-        first failure time); outcome is "ok", "permanent", "fatal" or "exhausted"."""
+        first failure time); outcome is "ok", "permanent" or "exhausted"."""
         breaker = self._breaker
         policy = self.retry_policy
         attempt = 0
@@ -792,28 +878,8 @@ class WriteCoordinator(Generic[T]):
         first_failed: datetime | None,
     ) -> None:
         """Dead-letter ``segment`` (the head of ``job.pending``) durably, off the event loop.
-
-        A cancellation waits for the write to finish, so the segment is counted exactly
-        once: either spooled here, or still pending for the shutdown path."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(
-            None,
-            lambda: self.dlq.put(
-                segment,
-                error,
-                attempts,
-                self._kind,
-                stream=self.name,
-                first_failed_at=first_failed,
-            ),
-        )
-        cancelled = False
-        while not fut.done():
-            try:
-                await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                cancelled = True
-        fut.result()  # a failed spool crashes the worker; the segment stays pending
+        A failed spool raises (the worker restarts; the segment goes back to the queue)."""
+        cancelled = await self._put_off_loop(segment, error, attempts, first_failed)
         job.pending.popleft()
         self._dead_lettered += len(segment)
         self._check_idle()
@@ -826,6 +892,59 @@ class WriteCoordinator(Generic[T]):
         )
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _spill_items(self, items: list[T]) -> None:
+        """``submit`` while spilling: count ``items`` and spool them at once (off the loop);
+        if the spool fails they are kept as unpersisted."""
+        self._submitted += len(items)
+        error = ErrorInfo(type="DrainTimeout", sqlstate=None, message="spilled while draining")
+        try:
+            cancelled = await self._put_off_loop(items, error, 0, None)
+        except Exception as exc:
+            self._note_unpersisted(items, exc)
+            return
+        self._dead_lettered += len(items)
+        self._check_idle()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _put_off_loop(
+        self,
+        items: list[T],
+        error: BaseException | ErrorInfo,
+        attempts: int,
+        first_failed: datetime | None,
+    ) -> bool:
+        """``dlq.put`` in a thread; raises what it raises. A cancellation waits for the write
+        to finish (so the items are counted exactly once) and is returned as True for the
+        caller to re-raise once it has counted them."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(
+            None,
+            lambda: self.dlq.put(
+                items, error, attempts, self._kind, stream=self.name, first_failed_at=first_failed
+            ),
+        )
+        cancelled = False
+        while not fut.done():
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                cancelled = True
+        fut.result()
+        return cancelled
+
+    def _note_unpersisted(self, items: list[T], exc: BaseException) -> None:
+        self._unspooled.extend(items)
+        self._spool_failure = exc
+        logger.error(
+            "coordinator {}: {} items could not be spooled to {}: {}; they are held in memory, "
+            "neither committed nor dead-lettered",
+            self.name,
+            len(items),
+            self.dlq,
+            error_info(exc),
+        )
 
     def _record_commit(self, n: int, new_rows: int) -> None:
         self._committed += n
@@ -886,6 +1005,7 @@ class WriteCoordinator(Generic[T]):
             duplicates_ignored=self._committed - self._new_rows,
             dead_lettered=self._dead_lettered,
             dropped=self._dropped,
+            unpersisted=len(self._unspooled),
             retries=self._retries,
             circuit=self._breaker.state,
             circuit_opened=self._breaker.times_opened,

@@ -6,6 +6,8 @@ Layout under ``directory`` (default ``get_settings().dlq_dir``, i.e. ``$MDP_HOME
   record per item (see ``DeadLetterRecord``).
 - ``replaying-seg-...jsonl``: segments claimed by a replay or purge in progress (or left
   by one that died); they still count, and the next replay takes them again.
+- ``.*.rewrite`` / ``.*.quarantine``: a replay's work files for one claimed segment (a
+  dead replay's leftovers are removed by the next one).
 - ``quarantine.jsonl``: records that kept failing in replay (poison); kept for a human.
 - ``corrupt.jsonl``: lines that could not be parsed (a torn write), kept verbatim.
 - ``.lock`` (short critical sections: append, claim, rename) and ``.replay.lock`` (one
@@ -17,12 +19,18 @@ Guarantees:
 - ``put`` returns only after the records are written, flushed and ``fsync``'d (and the
   directory fsync'd when it created a segment): an item counts as dead-lettered only then.
   A failed write is truncated away, so a segment never holds half a record of ours.
-- ``replay`` never loses a record, even if the process dies in the middle: committed
-  records leave the spool only after the rewritten segment (the records still failing) is
-  durably in place; a crash can at worst leave duplicates (same record id; everywhere the
-  copy in the later segment, the newer one, wins) and re-write rows that are already in
-  the table, which the idempotent upsert absorbs. Replaying an already replayed spool
-  writes nothing.
+- ``replay`` never loses a record, even if the process dies in the middle: it streams a
+  claimed segment in batches, writes the records still failing to a work file, and only
+  then replaces the claimed segment by that file in one atomic rename; a crash before the
+  rename leaves the claimed segment whole (its committed rows are written again next time,
+  which the idempotent upsert absorbs), never a record in two segments. Records moving to
+  the quarantine are appended there first, so a crash at that moment can leave one of them
+  both quarantined and pending, never neither. Replaying an already replayed spool writes
+  nothing.
+- ``count``, ``iter`` / ``list``, ``replay`` and ``purge`` read the spool line by line:
+  their memory does not grow with its size.
+- Files are created ``0600`` and the directory ``0700``: the spool holds market data and
+  error messages that are nobody else's business.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
+import stat
 import threading
 import time
 import uuid
@@ -40,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from mdp_core.errors import Classification, ErrorInfo, classify_error, error_info
 from mdp_core.logs import logger
@@ -63,6 +73,10 @@ QUARANTINE_FILE = "quarantine.jsonl"
 CORRUPT_FILE = "corrupt.jsonl"
 _LOCK_FILE = ".lock"
 _REPLAY_LOCK_FILE = ".replay.lock"
+_WORK_SUFFIXES = (".rewrite", ".quarantine")
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+_RECORD_START = b'{"id":'  # every record line starts so (``to_dict`` puts the id first)
 _counter = itertools.count()
 
 
@@ -147,6 +161,28 @@ def _line(record: DeadLetterRecord) -> str:
     return json.dumps(record.to_dict(), separators=(",", ":"))
 
 
+def _parse(line: str) -> DeadLetterRecord | None:
+    """The record of one spool line, or None if the line is not one (a torn write)."""
+    try:
+        return DeadLetterRecord.from_dict(json.loads(line))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _lines(path: Path) -> Iterator[str]:
+    """The non-blank lines of ``path`` without their newline, read lazily (nothing if the
+    file is gone: a replay or purge moved it meanwhile)."""
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below, also when abandoned)
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.strip():
+                yield line
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -183,6 +219,7 @@ class DeadLetterQueue:
         self.fsync = fsync
         self._active: Path | None = None  # the segment this object appends to
         self._thread_lock = threading.Lock()
+        self._dir_checked = False
 
     def __repr__(self) -> str:
         return f"DeadLetterQueue({str(self.directory)!r})"
@@ -191,14 +228,21 @@ class DeadLetterQueue:
 
     def _ensure_dir(self) -> None:
         if not self.directory.is_dir():
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+            os.chmod(self.directory, _DIR_MODE)  # mkdir's mode is filtered by the umask
             _fsync_dir(self.directory.parent)
+        elif not self._dir_checked:
+            mode = stat.S_IMODE(self.directory.stat().st_mode)
+            if mode & 0o077:
+                with contextlib.suppress(OSError):  # not ours to change: leave it
+                    os.chmod(self.directory, _DIR_MODE)
+        self._dir_checked = True
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """Short exclusive section across threads and processes."""
         self._ensure_dir()
-        with self._thread_lock, open(self.directory / _LOCK_FILE, "a") as lock:
+        with self._thread_lock, open(self.directory / _LOCK_FILE, "a", opener=_private) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -208,7 +252,7 @@ class DeadLetterQueue:
     @contextlib.contextmanager
     def _replay_lock(self) -> Iterator[None]:
         self._ensure_dir()
-        with open(self.directory / _REPLAY_LOCK_FILE, "a") as lock:
+        with open(self.directory / _REPLAY_LOCK_FILE, "a", opener=_private) as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -236,7 +280,7 @@ class DeadLetterQueue:
         return sorted(files, key=lambda p: p.name.removeprefix(CLAIM_PREFIX))
 
     def _append(self, path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             try:
@@ -248,67 +292,6 @@ class DeadLetterQueue:
                 raise
         finally:
             os.close(fd)
-
-    def _write_new(self, name: str, data: bytes) -> Path:
-        """Write a whole file durably: temp file, fsync, rename, fsync the directory."""
-        final = self.directory / name
-        tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        if self.fsync:
-            _fsync_dir(self.directory)
-        return final
-
-    @staticmethod
-    def _read(path: Path) -> tuple[list[DeadLetterRecord], list[str]]:
-        """Records of one file, and the lines that could not be parsed."""
-        records: list[DeadLetterRecord] = []
-        bad: list[str] = []
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return records, bad
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(DeadLetterRecord.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                bad.append(line)
-        return records, bad
-
-    @staticmethod
-    def _ids(path: Path) -> Iterator[str]:
-        """The record ids of one file, cheaply: no ``DeadLetterRecord`` is built. Lines
-        that are not a JSON object with an ``id`` are skipped (as ``_read`` does)."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
-        for line in text.splitlines():
-            try:
-                record_id = str(json.loads(line)["id"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            yield record_id
-
-    def _latest_copies(self, files: Sequence[Path]) -> dict[str, int]:
-        """Record id -> index in ``files`` (spool order) of the file with its latest copy.
-
-        An id is in two files only after a crash in ``_settle`` (the rewritten segment was
-        written, the claimed one not yet removed); the later file holds the newer copy (more
-        attempts, a later ``last_failed_at``). Everywhere the later copy wins."""
-        latest: dict[str, int] = {}
-        for index, path in enumerate(files):
-            for record_id in self._ids(path):
-                latest[record_id] = index
-        return latest
 
     # -- writing ------------------------------------------------------------------------
 
@@ -354,7 +337,7 @@ class DeadLetterQueue:
             path = self._active
             if path is None or not path.exists() or path.stat().st_size >= self.segment_bytes:
                 path = self.directory / self._new_segment_name()
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
                 if self.fsync:
                     _fsync_dir(self.directory)
                 self._active = path
@@ -362,13 +345,31 @@ class DeadLetterQueue:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _records(self, files: Iterable[Path]) -> dict[str, DeadLetterRecord]:
-        by_id: dict[str, DeadLetterRecord] = {}
+    def iter(
+        self,
+        *,
+        kind: str | None = None,
+        stream: str | None = None,
+        error_type: str | None = None,
+        sqlstate: str | None = None,
+        quarantined: bool = False,
+    ) -> Iterator[DeadLetterRecord]:
+        """Records in the spool (or the quarantine), oldest first, filtered; read lazily."""
+        files = [self.directory / QUARANTINE_FILE] if quarantined else self._spool_files()
         for path in files:
-            records, _ = self._read(path)
-            for record in records:
-                by_id[record.id] = record  # a later copy (after a crash) wins
-        return by_id
+            for line in _lines(path):
+                record = _parse(line)
+                if record is None:
+                    continue
+                if kind is not None and record.kind != kind:
+                    continue
+                if stream is not None and record.stream != stream:
+                    continue
+                if error_type is not None and record.error.type != error_type:
+                    continue
+                if sqlstate is not None and record.error.sqlstate != sqlstate:
+                    continue
+                yield record
 
     def list(
         self,
@@ -380,36 +381,42 @@ class DeadLetterQueue:
         quarantined: bool = False,
         limit: int | None = None,
     ) -> builtins.list[DeadLetterRecord]:
-        """Records in the spool (or the quarantine), oldest first, filtered."""
-        files = [self.directory / QUARANTINE_FILE] if quarantined else self._spool_files()
-        out: builtins.list[DeadLetterRecord] = []
-        for record in self._records(files).values():
-            if kind is not None and record.kind != kind:
-                continue
-            if stream is not None and record.stream != stream:
-                continue
-            if error_type is not None and record.error.type != error_type:
-                continue
-            if sqlstate is not None and record.error.sqlstate != sqlstate:
-                continue
-            out.append(record)
-            if limit is not None and len(out) >= limit:
-                break
-        return out
+        """The first ``limit`` (default: all) records of ``iter`` with the same filters."""
+        records = self.iter(
+            kind=kind,
+            stream=stream,
+            error_type=error_type,
+            sqlstate=sqlstate,
+            quarantined=quarantined,
+        )
+        return builtins.list(itertools.islice(records, limit))
 
     def count(self, *, quarantined: bool = False) -> int:
-        """How many records the spool (or the quarantine) holds (distinct ids, as ``list``).
+        """How many records the spool (or the quarantine) holds.
 
-        Cheap enough to poll: it parses each line's JSON for its id and builds nothing."""
+        Cheap enough to poll: it counts complete record lines and parses nothing."""
         files = [self.directory / QUARANTINE_FILE] if quarantined else self._spool_files()
-        return len({record_id for path in files for record_id in self._ids(path)})
+        total = 0
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    total += sum(
+                        1 for line in f if line.startswith(_RECORD_START) and line.endswith(b"}\n")
+                    )
+            except FileNotFoundError:
+                continue
+        return total
 
     # -- claiming and rewriting (replay, purge) -------------------------------------------
 
     def _claim(self) -> builtins.list[Path]:
-        """Take every segment for a replay: the writer will start a new one."""
+        """Take every segment for a replay: the writer will start a new one. Work files a
+        dead replay left behind are removed (its claimed segments are taken again)."""
         claimed: builtins.list[Path] = []
         with self._lock():
+            for path in self.directory.iterdir():
+                if path.name.startswith(".") and path.name.endswith(_WORK_SUFFIXES):
+                    path.unlink(missing_ok=True)
             for path in self._spool_files():
                 if path.name.startswith(CLAIM_PREFIX):
                     claimed.append(path)  # left by a replay that died
@@ -421,31 +428,46 @@ class DeadLetterQueue:
                 _fsync_dir(self.directory)
         return claimed
 
+    def _work_file(self, claimed: Path, suffix: str) -> IO[str]:
+        path = self.directory / f".{claimed.name}{suffix}"
+        return open(path, "w", encoding="utf-8", opener=_private)
+
     def _settle(
-        self,
-        claimed: Path,
-        keep: builtins.list[DeadLetterRecord],
-        quarantine: builtins.list[DeadLetterRecord],
-        corrupt: builtins.list[str],
+        self, claimed: Path, keep: IO[str], quarantine: IO[str], final: Path | None = None
     ) -> None:
-        """Replace a claimed segment by ``keep``; append ``quarantine`` and ``corrupt``.
+        """Finish one claimed segment: append the work file ``quarantine`` to the
+        quarantine, then atomically replace the claimed segment by ``keep`` (the records
+        still pending) and give it its unclaimed name (or ``final``), or remove it if
+        ``keep`` is empty.
 
         Order matters for crash safety: everything that must survive is durable before the
-        claimed segment is removed."""
-        if quarantine:
-            data = "".join(_line(r) + "\n" for r in quarantine).encode("utf-8")
-            with self._lock():
-                self._append(self.directory / QUARANTINE_FILE, data)
-        if corrupt:
-            with self._lock():
-                self._append(
-                    self.directory / CORRUPT_FILE, "".join(x + "\n" for x in corrupt).encode()
-                )
+        claimed segment changes."""
+        for work in (keep, quarantine):
+            work.flush()
+            if self.fsync:
+                os.fsync(work.fileno())
+        keep_path, quarantine_path = Path(keep.name), Path(quarantine.name)
+        if quarantine.tell():
+            target = self.directory / QUARANTINE_FILE
+            with (
+                self._lock(),
+                open(quarantine_path, "rb") as src,
+                open(target, "ab", opener=_private) as dst,
+            ):
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                if self.fsync:
+                    os.fsync(dst.fileno())
+        quarantine_path.unlink(missing_ok=True)
+        final = final or claimed.with_name(claimed.name.removeprefix(CLAIM_PREFIX))
         with self._lock():
-            if keep:
-                data = "".join(_line(r) + "\n" for r in keep).encode("utf-8")
-                self._write_new(self._new_segment_name(), data)
-            claimed.unlink(missing_ok=True)
+            if keep.tell():
+                os.replace(keep_path, claimed)
+                if final != claimed:
+                    os.replace(claimed, final)
+            else:
+                keep_path.unlink(missing_ok=True)
+                claimed.unlink(missing_ok=True)
             if self.fsync:
                 _fsync_dir(self.directory)
 
@@ -455,6 +477,13 @@ class DeadLetterQueue:
             os.replace(claimed, claimed.with_name(claimed.name.removeprefix(CLAIM_PREFIX)))
             if self.fsync:
                 _fsync_dir(self.directory)
+
+    def _append_corrupt(self, lines: builtins.list[str]) -> None:
+        if lines:
+            with self._lock():
+                self._append(
+                    self.directory / CORRUPT_FILE, "".join(x + "\n" for x in lines).encode()
+                )
 
     # -- replay -------------------------------------------------------------------------
 
@@ -470,60 +499,34 @@ class DeadLetterQueue:
         """Write the spooled records through ``sink`` (or one sink per kind) again.
 
         Records that commit leave the spool; records that fail stay with ``attempts + 1``
-        and their new error; a record that failed for a data (or unknown) reason in
-        ``max_attempts`` replays moves to the quarantine. A batch failing with a data error
-        is bisected, so one bad record does not hold back the others. On an infrastructure
-        error (the database went away) the replay stops early and keeps the rest as it is.
-        ``progress(n)`` is called after each batch with the number of records it handled.
-        Raises ``ReplayBusyError`` if another replay or purge is running.
+        and their new error; a record that failed for a non-transient reason in
+        ``max_attempts`` replays moves to the quarantine. A batch failing with a
+        non-transient error is bisected, so one bad record does not hold back the others.
+        On a transient error (the database went away) the replay stops early and keeps the
+        rest as it is. ``progress(n)`` is called after each batch with the number of
+        records it handled. Raises ``ReplayBusyError`` if another replay or purge is
+        running. Memory: one batch, whatever the size of the spool.
         """
         if max_attempts < 1:
             raise ValueError(f"max_attempts {max_attempts!r}: expected an int >= 1")
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected an int >= 1")
         sinks = {s.kind: s for s in (sink if isinstance(sink, Sequence) else [sink])}
-        classify = classify or classify_error
-        totals = _Totals()
+        run = _Replay(sinks, classify or classify_error, max_attempts, batch_size, progress)
         with self._replay_lock():
-            stopped = False
-            claims = self._claim()
-            latest = self._latest_copies(claims)
-            for index, claimed in enumerate(claims):
-                records, corrupt = self._read(claimed)
-                fresh = _latest_of(records, latest, index)
-                todo = [r for r in fresh if r.kind in sinks]
-                if not records and not corrupt:  # an empty segment: nothing to keep
-                    self._settle(claimed, [], [], [])
-                    continue
-                if stopped or (not todo and not corrupt and len(fresh) == len(records)):
+            for claimed in self._claim():
+                if run.stopped:
+                    run.count_untouched(claimed)
                     self._unclaim(claimed)
-                    totals.skipped += len(fresh) - len(todo)
-                    totals.still_failing += len(todo)
                     continue
-                keep = [r for r in fresh if r.kind not in sinks]
-                totals.skipped += len(keep)
-                quarantine: builtins.list[DeadLetterRecord] = []
-                for kind in dict.fromkeys(r.kind for r in todo):
-                    of_kind = [r for r in todo if r.kind == kind]
-                    for start in range(0, len(of_kind), batch_size):
-                        batch = of_kind[start : start + batch_size]
-                        if stopped:
-                            keep.extend(batch)
-                            continue
-                        failed, stopped = await _replay_batch(sinks[kind], batch, classify, totals)
-                        for record in failed:
-                            (quarantine if record.replays >= max_attempts else keep).append(record)
-                        if progress is not None:
-                            progress(len(batch))
-                self._settle(claimed, keep, quarantine, corrupt)
-                totals.quarantined += len(quarantine)
-                for record in keep:
-                    if record.kind in sinks:
-                        totals.still_failing += 1
-                        totals.errors[record.error.type] = (
-                            totals.errors.get(record.error.type, 0) + 1
-                        )
-        result = totals.result()
+                with (
+                    self._work_file(claimed, ".rewrite") as keep,
+                    self._work_file(claimed, ".quarantine") as quarantine,
+                ):
+                    corrupt = await run.segment(_lines(claimed), keep, quarantine)
+                    self._append_corrupt(corrupt)
+                    self._settle(claimed, keep, quarantine)
+        result = run.totals.result()
         logger.info(
             "DLQ replay in {}: {} replayed ({} new rows), {} still failing, {} quarantined",
             self.directory,
@@ -552,35 +555,116 @@ class DeadLetterQueue:
         if cutoff is not None and cutoff.tzinfo is None:
             raise ValueError(f"older_than {cutoff!r} is naive: expected a timezone-aware time")
 
-        def doomed(record: DeadLetterRecord) -> bool:
-            return cutoff is None or record.last_failed_at < cutoff
-
         deleted = 0
+
+        def rewrite(lines: Iterable[str], keep: IO[str]) -> None:
+            nonlocal deleted
+            for line in lines:
+                record = _parse(line)
+                if record is not None and (cutoff is None or record.last_failed_at < cutoff):
+                    deleted += 1
+                else:
+                    keep.write(line + "\n")  # kept, or not a record: left for a human
+
         with self._replay_lock():
             quarantine = self.directory / QUARANTINE_FILE
-            if quarantine.exists():
-                records, corrupt = self._read(quarantine)
-                keep = [r for r in records if not doomed(r)]
-                deleted += len(records) - len(keep)
-                with self._lock():
-                    data = "".join(_line(r) + "\n" for r in keep) + "".join(
-                        x + "\n" for x in corrupt
-                    )
-                    if data:
-                        self._write_new(QUARANTINE_FILE, data.encode("utf-8"))
-                    else:
-                        quarantine.unlink()
+            if quarantine.exists():  # only replays append to it, and they wait for this
+                with (
+                    self._work_file(quarantine, ".rewrite") as keep,
+                    self._work_file(quarantine, ".quarantine") as empty,
+                ):
+                    rewrite(_lines(quarantine), keep)
+                    self._settle(quarantine, keep, empty, final=quarantine)
             if not quarantined_only:
-                claims = self._claim()
-                latest = self._latest_copies(claims)
-                for index, claimed in enumerate(claims):
-                    records, corrupt = self._read(claimed)
-                    fresh = _latest_of(records, latest, index)
-                    keep = [r for r in fresh if not doomed(r)]
-                    deleted += len(fresh) - len(keep)
-                    self._settle(claimed, keep, [], corrupt)
+                for claimed in self._claim():
+                    with (
+                        self._work_file(claimed, ".rewrite") as keep,
+                        self._work_file(claimed, ".quarantine") as empty,
+                    ):
+                        rewrite(_lines(claimed), keep)
+                        self._settle(claimed, keep, empty)
         logger.info("DLQ purge in {}: {} records deleted", self.directory, deleted)
         return deleted
+
+
+def _private(path: str, flags: int) -> int:
+    """An ``open`` opener that creates files ``0600``."""
+    return os.open(path, flags, _FILE_MODE)
+
+
+class _Replay:
+    """One replay's state: which sinks, its counters, whether an outage stopped it."""
+
+    def __init__(
+        self,
+        sinks: dict[str, Sink[Any]],
+        classify: Callable[[BaseException], Classification],
+        max_attempts: int,
+        batch_size: int,
+        progress: Callable[[int], object] | None,
+    ) -> None:
+        self.sinks = sinks
+        self.classify = classify
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.progress = progress
+        self.totals = _Totals()
+        self.stopped = False  # a transient error: keep the rest untouched
+
+    def count_untouched(self, claimed: Path) -> None:
+        for line in _lines(claimed):
+            record = _parse(line)
+            if record is not None:
+                self._pending(record)
+
+    async def segment(
+        self, lines: Iterable[str], keep: IO[str], quarantine: IO[str]
+    ) -> builtins.list[str]:
+        """Replay one claimed segment's lines in batches; write what stays to ``keep`` and
+        ``quarantine``; return the lines that are not records."""
+        corrupt: builtins.list[str] = []
+        batch: builtins.list[DeadLetterRecord] = []
+        for line in lines:
+            record = _parse(line)
+            if record is None:
+                corrupt.append(line)
+            elif self.stopped or record.kind not in self.sinks:
+                keep.write(line + "\n")
+                self._pending(record)
+            else:
+                batch.append(record)
+                if len(batch) >= self.batch_size:
+                    await self._batch(batch, keep, quarantine)
+                    batch = []
+        if batch:
+            await self._batch(batch, keep, quarantine)
+        return corrupt
+
+    async def _batch(
+        self, batch: builtins.list[DeadLetterRecord], keep: IO[str], quarantine: IO[str]
+    ) -> None:
+        for kind in dict.fromkeys(r.kind for r in batch):
+            of_kind = [r for r in batch if r.kind == kind]
+            failed, stop = await _replay_batch(
+                self.sinks[kind], of_kind, self.classify, self.totals
+            )
+            self.stopped = self.stopped or stop
+            for record in failed:
+                if record.replays >= self.max_attempts:
+                    quarantine.write(_line(record) + "\n")
+                    self.totals.quarantined += 1
+                else:
+                    keep.write(_line(record) + "\n")
+                    self._pending(record)
+        if self.progress is not None:
+            self.progress(len(batch))
+
+    def _pending(self, record: DeadLetterRecord) -> None:
+        if record.kind in self.sinks:
+            self.totals.still_failing += 1
+            self.totals.errors[record.error.type] = self.totals.errors.get(record.error.type, 0) + 1
+        else:
+            self.totals.skipped += 1
 
 
 @dataclass
@@ -601,14 +685,6 @@ class _Totals:
             skipped=self.skipped,
             errors=dict(self.errors),
         )
-
-
-def _latest_of(
-    records: builtins.list[DeadLetterRecord], latest: dict[str, int], index: int
-) -> builtins.list[DeadLetterRecord]:
-    """The records of file ``index`` that are their id's latest copy (see
-    ``_latest_copies``), one per id; superseded copies are left out."""
-    return builtins.list({r.id: r for r in records if latest.get(r.id, index) == index}.values())
 
 
 async def _replay_batch(

@@ -1,19 +1,22 @@
-"""Error classification for writes: transient, permanent or fatal.
+"""Error classification for writes: transient (retry the batch) or permanent (isolate rows).
 
 Decided by exception class and SQLSTATE, never by message text:
 
-- ``transient`` (infrastructure; retry with backoff, then spool to the DLQ): SQLSTATE class
-  08 (connection), 53 (insufficient resources: disk full, out of memory, too many
-  connections), 40 except 40002 (serialization failure, deadlock, statement completion
-  unknown), 57P01/57P02/57P03/57P05 and 57014 (admin/crash shutdown, cannot connect now,
-  idle session timeout, statement timeout), 55P03 (lock timeout), 25P03/25P04 (session or
+- ``transient`` (infrastructure: retry the whole batch with backoff, then spool it to the
+  DLQ): SQLSTATE class 08 (connection), 53 (insufficient resources: disk full, out of
+  memory, too many connections), 40 except 40002 (serialization failure, deadlock,
+  statement completion unknown), 57P01/57P02/57P03/57P05 and 57014 (admin/crash shutdown,
+  cannot connect now, idle session timeout, statement timeout), 55P03 (lock timeout),
+  25006 (read-only transaction: a failover in progress), 25P03/25P04 (session or
   transaction timeouts), 58000/58030 (server I/O); and on the client side ``OSError``
-  (sockets, ``ConnectionError``), ``TimeoutError``, a bare ``asyncpg.InterfaceError``
-  (a closed connection or pool) and ``OutdatedSchemaCacheError``.
-- ``permanent`` (the data is wrong; do not retry, isolate the offending rows): SQLSTATE
-  classes 22 (data exception) and 23 (integrity constraint violation), 40002, and asyncpg's
-  client-side ``DataError`` (a value that cannot be encoded).
-- ``fatal``: everything else (syntax errors, undefined tables, programming errors).
+  (sockets, ``ConnectionError``), ``TimeoutError``, a bare ``asyncpg.InterfaceError`` (a
+  closed connection or pool) and asyncpg's ``InternalClientError`` family (the client lost
+  the protocol's state, e.g. the connection was cut during COMMIT: the outcome is unknown,
+  and since every write is idempotent, writing again is safe).
+- ``permanent``: everything else (SQLSTATE classes 22 and 23, 40002, a value asyncpg cannot
+  encode, and also errors that no retry fixes, such as an undefined table or a bug in a
+  sink). The coordinator never retries such a batch as a whole: it bisects it, so the rows
+  that cause the error are dead-lettered with it and every other row commits.
 
 A sink that is not asyncpg-based can raise ``TransientError`` or ``PermanentError`` (or
 subclasses) to say which it means.
@@ -40,10 +43,9 @@ __all__ = [
     "error_info",
 ]
 
-Classification = Literal["transient", "permanent", "fatal"]
+Classification = Literal["transient", "permanent"]
 
 _TRANSIENT_CLASSES = frozenset({"08", "53"})
-_PERMANENT_CLASSES = frozenset({"22", "23"})
 _TRANSIENT_STATES = frozenset(
     {
         "40000",  # transaction_rollback
@@ -57,13 +59,14 @@ _TRANSIENT_STATES = frozenset(
         "57P03",  # cannot_connect_now
         "57P05",  # idle_session_timeout
         "55P03",  # lock_not_available
+        "25006",  # read_only_sql_transaction (a failover in progress)
         "25P03",  # idle_in_transaction_session_timeout
         "25P04",  # transaction_timeout
         "58000",  # system_error
         "58030",  # io_error
     }
 )
-_PERMANENT_STATES = frozenset({"40002"})  # transaction_integrity_constraint_violation
+_NOT_TRANSIENT = frozenset({"40002"})  # transaction_integrity_constraint_violation
 
 
 class TransientError(Exception):
@@ -80,29 +83,25 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 
 def classify_error(exc: BaseException) -> Classification:
-    """``"transient"``, ``"permanent"`` or ``"fatal"`` for ``exc`` (see the module docstring)."""
+    """``"transient"`` or ``"permanent"`` for ``exc`` (see the module docstring)."""
     if isinstance(exc, asyncpg.PostgresError):
         state = _sqlstate(exc)
-        if state is None:
-            return "fatal"
+        if state is None or state in _NOT_TRANSIENT:
+            return "permanent"
         if state in _TRANSIENT_STATES or state[:2] in _TRANSIENT_CLASSES:
             return "transient"
-        if state in _PERMANENT_STATES or state[:2] in _PERMANENT_CLASSES:
-            return "permanent"
-        return "fatal"
+        return "permanent"
     if isinstance(exc, TransientError):
         return "transient"
     if isinstance(exc, PermanentError):
         return "permanent"
-    if isinstance(exc, asyncpg_base.DataError):  # client side: a value cannot be encoded
-        return "permanent"
     if type(exc) is asyncpg.InterfaceError:  # "connection is closed", "pool is closing"
         return "transient"
-    if isinstance(exc, asyncpg.exceptions.OutdatedSchemaCacheError):
-        return "transient"  # stale prepared statements: asyncpg re-prepares on retry
+    if isinstance(exc, asyncpg_base.InternalClientError):
+        return "transient"  # protocol state lost (a cut COMMIT), stale prepared statements
     if isinstance(exc, OSError | TimeoutError):
         return "transient"  # ConnectionError, socket gone, command timeout
-    return "fatal"
+    return "permanent"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,11 +4,14 @@ Records are immutable slotted dataclasses, validated once on creation, so everyt
 downstream (operators, coordinator, sinks) can trust them:
 
 - ``symbol`` is stripped and upper-cased; empty symbols and control characters are refused.
-- ``ts`` is a timezone-aware ``datetime`` converted to UTC (naive datetimes are refused).
+- ``ts`` is a timezone-aware ``datetime`` converted to UTC (naive datetimes are refused), in
+  ``[1900-01-01, 2200-01-01)`` (``TS_MIN``, ``TS_MAX``): a year-1 or year-9999 time is a bug
+  upstream, and would make a daily partition that overflows or that retention never drops.
 - prices are finite and > 0, or ``None``; a provider's NaN means "absent" and becomes ``None``.
 - sizes and volume are finite and >= 0 (NaN size means absent).
 - a Bar satisfies ``low <= open, close <= high``; its ``ts`` is the window start and its window
-  is ``[ts, ts + resolution)``.
+  is ``[ts, ts + resolution)``. ``partial=True`` marks a bar whose window the stream did not
+  see whole (resampled, then flushed at a stop); the store replaces it by the complete bar.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "RESOLUTIONS",
+    "TS_MAX",
+    "TS_MIN",
     "Bar",
     "Quote",
     "Record",
@@ -45,6 +50,9 @@ RESOLUTIONS: dict[str, int] = {
     "1h": 3600,
     "1d": 86400,
 }
+#: Records refuse event times outside ``[TS_MIN, TS_MAX)``.
+TS_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+TS_MAX = datetime(2200, 1, 1, tzinfo=UTC)
 _INF = math.inf
 _LABEL_BY_SECONDS = {seconds: label for label, seconds in RESOLUTIONS.items()}
 _UNIT_SECONDS = {
@@ -116,16 +124,24 @@ def _utc(cls: str, value: object) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{cls}.ts must be a datetime, got {type(value).__name__} {value!r}")
     tz = value.tzinfo
-    if tz is UTC and type(value) is datetime:
-        return value
-    if tz is None or tz.utcoffset(value) is None:
+    if tz is not UTC or type(value) is not datetime:
+        if tz is None or tz.utcoffset(value) is None:
+            raise ValueError(
+                f"{cls}.ts {value.isoformat()} is naive: expected a timezone-aware datetime "
+                "(for example datetime(..., tzinfo=timezone.utc))"
+            )
+        to_py = getattr(value, "to_pydatetime", None)  # pandas.Timestamp -> datetime
+        plain: datetime = to_py() if to_py is not None else value
+        try:
+            value = plain.astimezone(UTC)
+        except OverflowError:
+            value = TS_MAX  # refused just below
+    if not TS_MIN <= value < TS_MAX:
         raise ValueError(
-            f"{cls}.ts {value.isoformat()} is naive: expected a timezone-aware datetime "
-            "(for example datetime(..., tzinfo=timezone.utc))"
+            f"{cls}.ts {value.isoformat()} is out of range: expected a time from "
+            f"{TS_MIN:%Y-%m-%d} to before {TS_MAX:%Y-%m-%d} (UTC)"
         )
-    to_py = getattr(value, "to_pydatetime", None)  # pandas.Timestamp -> datetime
-    plain: datetime = to_py() if to_py is not None else value
-    return plain.astimezone(UTC)
+    return value
 
 
 def _price(cls: str, name: str, value: object, *, required: bool = False) -> float | None:
@@ -188,6 +204,7 @@ class Quote:
             self.symbol in _CLEAN_SYMBOLS
             and self.ts.__class__ is datetime
             and self.ts.tzinfo is UTC
+            and TS_MIN <= self.ts < TS_MAX
             and (b is None or (b.__class__ is float and 0.0 < b < _INF))
             and (a is None or (a.__class__ is float and 0.0 < a < _INF))
             and (lp is None or (lp.__class__ is float and 0.0 < lp < _INF))
@@ -244,7 +261,9 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    """OHLCV bar for ``[ts, ts + resolution)``; ``ts`` is the window start (UTC)."""
+    """OHLCV bar for ``[ts, ts + resolution)``; ``ts`` is the window start (UTC).
+
+    ``partial``: the bar was built from part of its window only (see the module docstring)."""
 
     kind: ClassVar[str] = "bar"
 
@@ -259,6 +278,7 @@ class Bar:
     vwap: float | None = None
     trade_count: int | None = None
     source: str = ""
+    partial: bool = False
 
     def __post_init__(self) -> None:
         o, h, lo, c, v, vw = self.open, self.high, self.low, self.close, self.volume, self.vwap
@@ -266,6 +286,7 @@ class Bar:
             self.symbol in _CLEAN_SYMBOLS
             and self.ts.__class__ is datetime
             and self.ts.tzinfo is UTC
+            and TS_MIN <= self.ts < TS_MAX
             and o.__class__ is float
             and h.__class__ is float
             and lo.__class__ is float
@@ -279,6 +300,7 @@ class Bar:
             and (self.trade_count is None or self.trade_count.__class__ is int)
             and (self.trade_count is None or self.trade_count >= 0)
             and self.source.__class__ is str
+            and self.partial.__class__ is bool
         ):
             return
         s = object.__setattr__
@@ -309,6 +331,8 @@ class Bar:
             s(self, "trade_count", count)
         if not isinstance(self.source, str):
             raise TypeError(f"Bar.source must be a str, got {self.source!r}")
+        if not isinstance(self.partial, bool):
+            raise TypeError(f"Bar.partial must be a bool, got {self.partial!r}")
 
     @property
     def key(self) -> tuple[str, str, datetime]:
@@ -334,6 +358,7 @@ class Bar:
             "vwap": self.vwap,
             "trade_count": self.trade_count,
             "source": self.source,
+            "partial": self.partial,
         }
 
     @classmethod

@@ -2,8 +2,8 @@
 
 A ``StreamSpec`` says what to stream (``streams.yaml`` holds a list of them, see
 ``load_streams``); a ``Pipeline`` runs one until it is asked to stop, ``max_seconds`` pass or
-the provider ends, and then drains: everything the provider emitted ends committed,
-dead-lettered or in a named drop counter (``PipelineStats.balanced``).
+the provider ends, and then drains: every record received at the provider's edge ends
+committed, dead-lettered or in a named drop counter (``PipelineStats.balanced``).
 
 Used by ``mdp stream``, the examples, the Dagster stream op and the soak test, so all of them
 stop, drain and account in exactly the same way.
@@ -16,6 +16,7 @@ import inspect
 import operator
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ class StreamSpec(BaseModel):
     client_id: int | None = Field(None, ge=0, description="IB API client id (ibkr only)")
     provider_options: dict[str, Any] = Field(default_factory=dict)
     channel_capacity: int = Field(8192, ge=1)
-    channel_overflow: Literal["block", "drop_oldest", "conflate"] = "block"
+    channel_overflow: Literal["block", "drop_oldest", "conflate"] | None = Field(
+        None, description="when the channel is full; default: the provider's choice "
+        "(IBKR quotes: conflate), else block"
+    )
     throttle: float | None = Field(None, gt=0, description="max items/s (token bucket)")
     dedupe_ttl: float | None = Field(None, gt=0, description="drop repeats within seconds")
     coordinator: CoordinatorTuning = Field(default_factory=CoordinatorTuning)
@@ -192,32 +196,37 @@ State = Literal["new", "running", "draining", "finished", "failed"]
 
 @dataclass(frozen=True, slots=True)
 class PipelineStats:
-    """A snapshot of a running (or finished) pipeline, with its conservation accounting."""
+    """A snapshot of a running (or finished) pipeline, with its accounting from the edge:
+    ``received == committed + dead_lettered + sum(dropped.values())`` once drained."""
 
     stream: str
     run_id: str
     state: State
     started_at: datetime | None
     elapsed: float
-    emitted: int  # records the provider handed to the channel
+    received: int  # records the provider handed over, counted at the edge
+    dropped: dict[str, int]  # received records that left by a named policy -> how many
     channel: ChannelStats
-    throttled: int  # dropped by throttle(mode="drop")
-    duplicates: int  # dropped by deduplicate
     coordinator: CoordinatorHealth
     rate: float  # records committed per second, recently
     error: str | None
 
     @property
-    def dropped(self) -> int:
-        """Every record dropped by an explicit, counted policy (channel, operators, queue)."""
-        c = self.channel
-        return c.dropped + c.conflated + self.throttled + self.duplicates + self.coordinator.dropped
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+    @property
+    def pending(self) -> int:
+        """Received records not yet committed, dead-lettered or dropped (in a buffer, in
+        flight, or unpersisted because the spool failed)."""
+        h = self.coordinator
+        return self.received - h.committed - h.dead_lettered - self.dropped_total
 
     @property
     def balanced(self) -> bool:
-        """True once drained: emitted == committed + dead-lettered + dropped."""
-        h = self.coordinator
-        return self.emitted == h.committed + h.dead_lettered + self.dropped and h.pending == 0
+        """True once drained: received == committed + dead-lettered + dropped, with
+        nothing left pending or unpersisted."""
+        return self.pending == 0 and self.coordinator.unpersisted == 0
 
     def counters(self) -> dict[str, Any]:
         """Flat JSON-ready counters (heartbeats, Dagster metadata, the CLI summary)."""
@@ -225,12 +234,16 @@ class PipelineStats:
         return {
             "state": self.state,
             "elapsed_s": round(self.elapsed, 3),
-            "emitted": self.emitted,
-            "submitted": h.submitted,
+            "received": self.received,
             "committed": h.committed,
             "new_rows": h.new_rows,
             "dead_lettered": h.dead_lettered,
-            "dropped": self.dropped,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": self.dropped_total,
+            "pending": self.pending,
+            "unpersisted": h.unpersisted,
+            "balanced": self.balanced,
+            "submitted": h.submitted,
             "channel_depth": self.channel.depth,
             "queue_depth": h.queue_depth,
             "in_flight": h.in_flight,
@@ -240,12 +253,28 @@ class PipelineStats:
             "error": self.error,
         }
 
+    def summary(self) -> str:
+        """One line: the accounting, and whether it balances."""
+        drops = ", ".join(f"{k} {v:,}" for k, v in sorted(self.dropped.items()) if v)
+        h = self.coordinator
+        tail = "balanced" if self.balanced else f"NOT BALANCED: {self.pending:,} pending"
+        if h.unpersisted:
+            tail += f", {h.unpersisted:,} could not be spooled"
+        return (
+            f"received {self.received:,} = committed {h.committed:,} + dead-lettered "
+            f"{h.dead_lettered:,} + dropped {self.dropped_total:,}"
+            + (f" ({drops})" if drops else "")
+            + f" [{tail}]"
+        )
+
 
 ProgressCallback = Callable[[PipelineStats], Awaitable[None] | None]
 
 #: Streams retry a failing batch for about 20 s (delay caps 0.1, 0.2, ... 5 s) before
 #: spooling it, so a routine database restart is ridden out without touching the DLQ.
 STREAM_RETRY_POLICY = RetryPolicy(max_attempts=10, initial_backoff=0.1, max_backoff=5.0)
+_LOCK_FAILURES = 5  # unexpected failures in a row re-acquiring the lock before a stream stops
+_FAR_AHEAD = 1e9  # seconds: see Pipeline._throttle_clock
 
 
 class Pipeline:
@@ -255,12 +284,18 @@ class Pipeline:
     - one writer per stream: the run holds the PostgreSQL advisory lock
       ``mdp:stream:<name>`` (``single_writer=True``), else it fails at once with
       ``LockHeldError``. If the lock's connection is lost (the database restarted), the
-      stream keeps going and re-acquires the lock; if another writer got it meanwhile, the
-      stream stops, drains and fails with ``LockHeldError``;
+      stream keeps going and re-acquires the lock with backoff; if another writer got it
+      meanwhile, the stream stops, drains and fails with ``LockHeldError``; if re-acquiring
+      keeps failing for another reason than the database being unreachable, it stops and
+      fails with that error. The watcher never dies silently;
     - stopping (``request_stop()``, ``max_seconds`` or the provider ending) stops the
-      provider, delivers what the channel holds, and drains the coordinator: every emitted
-      record ends committed, dead-lettered (durably) or counted as dropped. Cancelling
-      ``run()`` is a stop request too: it drains the same way, then raises ``CancelledError``;
+      provider first, then drains everything buffered (the channel, the operators, the
+      coordinator; a throttle stops delaying) into the database, or, once the coordinator's
+      ``drain_timeout`` is spent, into the dead-letter spool: every record received at the
+      provider's edge ends committed, dead-lettered (durably) or counted as dropped by a
+      named policy, and no task ends holding a record. Cancelling ``run()`` is a stop
+      request too: it drains the same way, then raises ``CancelledError``. If the spool
+      itself fails, ``run()`` raises ``SpoolError`` and the stats are not balanced;
     - a provider failure is raised from ``run()`` after the drain, never swallowed;
     - an IBKR 5-second bars stream resumes where the table ends: the bars missed while no
       stream ran (a restart, a relaunched run) are backfilled from IB's history (up to the
@@ -309,6 +344,7 @@ class Pipeline:
         self._coordinator = self._new_coordinator()  # started by run()
         self._throttle_stats = OperatorStats()
         self._dedupe_stats = OperatorStats()
+        self._draining = asyncio.Event()  # set when the drain starts: throttles stop delaying
         self._final: PipelineStats | None = None
 
     def request_stop(self) -> None:
@@ -342,33 +378,29 @@ class Pipeline:
                     asyncio.create_task(self._every(self.progress_interval, self._progress)),
                 ]
                 if self.single_writer:
-                    background.append(
-                        asyncio.create_task(self._every(self.lock_check_interval, self.check_lock))
-                    )
+                    background.append(asyncio.create_task(self._watch_lock()))
                 consume = asyncio.create_task(self._consume(self._channel, self._coordinator))
                 stop = asyncio.create_task(self._stop.wait())
                 try:
                     try:
-                        done, _ = await asyncio.wait(
+                        await asyncio.wait(
                             {consume, stop},
                             timeout=max_seconds,
                             return_when=asyncio.FIRST_COMPLETED,
                         )
                     except asyncio.CancelledError:
                         cancelled = True  # a stop request: drain, then re-raise below
-                        done = set()
                     self._state = "draining"
-                    if consume not in done:
-                        logger.info("stream {}: stopping provider, draining", spec.name)
-                        await runtime.stop()  # closes the channel; consume delivers the rest
-                    try:
-                        await consume
-                    except Exception as exc:  # the provider's failure, raised after the drain
-                        self._error = exc
+                    await self._drain(runtime, consume)
                 finally:  # no task outlives run(), whatever interrupted it
                     for task in (stop, consume):
                         task.cancel()
                     await asyncio.gather(stop, consume, return_exceptions=True)
+                    if consume.cancelled():  # interrupted mid-drain: spool what is left
+                        await runtime.stop()
+                        self._coordinator.spool_unsubmitted(
+                            self._channel.drain_nowait(), "run interrupted while draining"
+                        )
                 # leaving the stack drains the coordinator
             if cancelled:
                 raise asyncio.CancelledError
@@ -389,6 +421,31 @@ class Pipeline:
             raise self._error
         return self._final
 
+    async def _drain(self, runtime: RuntimeOrchestrator, consume: asyncio.Task[None]) -> None:
+        """Stop the provider, then move everything buffered on: to the database within the
+        coordinator's ``drain_timeout``, to the spool after it. ``consume`` always runs to
+        its end (it is never cancelled holding a record)."""
+        budget = self._coordinator.settings.drain_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        self._draining.set()
+        if not consume.done():
+            logger.info("stream {}: stopping provider, draining", self.spec.name)
+            await runtime.stop()  # closes the channel; consume delivers the rest
+        _, pending = await asyncio.wait({consume}, timeout=max(0.0, deadline - loop.time()))
+        if pending:
+            logger.warning(
+                "stream {}: drain budget of {}s spent: what is still buffered goes to the "
+                "dead-letter spool",
+                self.spec.name,
+                budget,
+            )
+            await self._coordinator.spill(f"drain budget of {budget}s spent")
+        try:
+            await consume
+        except Exception as exc:  # the provider's failure, raised after the drain
+            self._error = exc
+
     # -- the single-writer lock --------------------------------------------------------------
 
     async def _acquire_lock(self) -> None:
@@ -402,23 +459,61 @@ class Pipeline:
         return self._lock_conn is not None and not self._lock_conn.is_closed()
 
     async def check_lock(self) -> None:
-        """Re-acquire the lock if its connection died; stop if another writer holds it.
-
-        Runs every ``lock_check_interval`` seconds while the pipeline runs."""
+        """Re-acquire the lock if its connection died; stop the stream if another writer
+        holds it. Raises what re-acquiring raised otherwise (``_watch_lock`` retries)."""
         if self._lock_conn is None or not self._lock_conn.is_closed():
             return
         logger.warning("stream {}: single-writer lock lost with its connection", self.spec.name)
+        self._lock_conn = None
         try:
             await self._acquire_lock()
         except LockHeldError as exc:
             logger.error("stream {}: another writer holds the lock; stopping", self.spec.name)
             self._error = exc
             self.request_stop()
-            self._lock_conn = None
-        except DatabaseError as exc:
-            logger.warning("stream {}: lock not re-acquired yet: {}", self.spec.name, exc)
-        else:
-            logger.info("stream {}: single-writer lock re-acquired", self.spec.name)
+            raise
+        logger.info("stream {}: single-writer lock re-acquired", self.spec.name)
+
+    async def _watch_lock(self) -> None:
+        """Run ``check_lock`` every ``lock_check_interval`` seconds until the run ends.
+
+        An unreachable database is retried with backoff for as long as it takes (nobody
+        else can take the lock meanwhile); any other failure is retried too, and after
+        ``_LOCK_FAILURES`` in a row the stream stops with that error. Never dies silently."""
+        backoff = RetryPolicy(
+            initial_backoff=self.lock_check_interval, max_backoff=30.0, jitter="equal"
+        )
+        failures = 0
+        delay = self.lock_check_interval
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    await self.check_lock()
+                except LockHeldError:
+                    return
+                except Exception as exc:
+                    unreachable = isinstance(exc, DatabaseError | OSError | TimeoutError)
+                    failures = 0 if unreachable else failures + 1
+                    logger.warning(
+                        "stream {}: single-writer lock not re-acquired yet: {}",
+                        self.spec.name,
+                        error_info(exc),
+                    )
+                    if failures >= _LOCK_FAILURES:
+                        logger.error("stream {}: cannot hold the lock; stopping", self.spec.name)
+                        self._error = self._error or exc
+                        self.request_stop()
+                        return
+                    delay = backoff.backoff(max(1, failures))
+                else:
+                    failures, delay = 0, self.lock_check_interval
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug here must not leave the stream unguarded
+            logger.opt(exception=exc).error("stream {}: lock watcher failed", self.spec.name)
+            self._error = self._error or exc
+            self.request_stop()
 
     async def _release_locks(self) -> None:
         while self._locks:
@@ -467,7 +562,10 @@ class Pipeline:
             return
         stream: AsyncIterator[Record] = channel.iter()
         if spec.throttle is not None:
-            stream = throttle(stream, spec.throttle, mode="delay", stats=self._throttle_stats)
+            stream = throttle(
+                stream, spec.throttle, mode="delay", stats=self._throttle_stats,
+                clock=self._throttle_clock, sleep=self._throttle_sleep,
+            )  # fmt: skip
         if spec.dedupe_ttl is not None:
             stream = deduplicate(
                 stream, operator.attrgetter("key"), spec.dedupe_ttl, stats=self._dedupe_stats
@@ -475,27 +573,46 @@ class Pipeline:
         async for record in stream:
             await coord.submit(record)
 
+    def _throttle_clock(self) -> float:
+        # Draining lifts the rate limit: time jumps ahead, so the bucket is full again.
+        return time.monotonic() + (_FAR_AHEAD if self._draining.is_set() else 0.0)
+
+    async def _throttle_sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._draining.wait(), seconds)
+        except TimeoutError:
+            pass
+
     # -- observing -------------------------------------------------------------------------
 
     def snapshot(self) -> PipelineStats:
         """The current counters (safe to call at any time after ``run`` started)."""
         if self._final is not None:
             return self._final
-        emitted = 0
+        received = 0
+        dropped: Counter[str] = Counter()
         if self._runtime is not None:
-            emitted = sum(s.pumped for s in self._runtime.stats().values())
-        health = self._coordinator.health()
+            for s in self._runtime.stats().values():
+                received += s.received
+                dropped.update(s.dropped)
         channel = self._channel.stats if self._channel is not None else _NO_CHANNEL
+        if self._channel is not None:
+            policy = self._channel.overflow
+            dropped[policy] += channel.dropped + channel.conflated
+            dropped["rejected"] += channel.rejected
+        dropped["throttle"] += self._throttle_stats.dropped
+        dropped["dedupe"] += self._dedupe_stats.duplicates
+        health = self._coordinator.health()
+        dropped["queue_drop_oldest"] += health.dropped
         return PipelineStats(
             stream=self.spec.name,
             run_id=self.run_id,
             state=self._state,
             started_at=self._started_at,
             elapsed=time.monotonic() - self._started if self._started is not None else 0.0,
-            emitted=emitted,
+            received=received,
+            dropped={k: v for k, v in dropped.items() if v},
             channel=channel,
-            throttled=self._throttle_stats.dropped,
-            duplicates=self._dedupe_stats.duplicates,
             coordinator=health,
             rate=health.throughput,
             error=None if self._error is None else str(error_info(self._error)),
@@ -526,14 +643,9 @@ class Pipeline:
             logger.warning("stream {}: progress callback failed: {}", self.spec.name, exc)
 
     def _log_summary(self, stats: PipelineStats) -> None:
-        c = stats.counters()
-        balanced = "balanced" if stats.balanced else "NOT BALANCED"
-        logger.info(
-            "stream {} {} after {:.1f}s: emitted {} = committed {} + dead-lettered {} + "
-            "dropped {} ({})",
-            stats.stream, stats.state, stats.elapsed, c["emitted"], c["committed"],
-            c["dead_lettered"], c["dropped"], balanced,
-        )  # fmt: skip
+        log = logger.info if stats.balanced else logger.error
+        log("stream {} {} after {:.1f}s: {}", stats.stream, stats.state, stats.elapsed,
+            stats.summary())  # fmt: skip
 
 
 _NO_CHANNEL = ChannelStats(

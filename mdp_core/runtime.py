@@ -1,4 +1,4 @@
-"""RuntimeOrchestrator: runs providers and pumps their records into bounded channels.
+"""RuntimeOrchestrator: runs providers and hands their records to bounded channels.
 
 ```python
 async with RuntimeOrchestrator() as rt:              # provider from MDP_PROVIDER, default "ibkr"
@@ -7,12 +7,20 @@ async with RuntimeOrchestrator() as rt:              # provider from MDP_PROVIDE
         ...
 ```
 
-Each ``*_to_channel`` call builds one provider, starts it, and owns one task that copies
-``provider.stream()`` into a new ``Channel`` with ``await channel.put(...)`` (so under the
-``block`` policy a slow consumer slows the provider instead of losing data). When the
-stream ends the channel is closed; when the provider fails, the channel is closed with
-that exception, which the consumer gets once it has drained the buffered items: a
-failure never looks like the end of the data.
+Each ``*_to_channel`` call builds one provider, gives it the ``Edge`` of a new ``Channel``
+(where its records are counted as received, and folded into coarser bars when the
+requested resolution is coarser than the provider's own) and starts it:
+
+- a push provider (IBKR) writes into the edge from its callbacks: the channel is the one
+  buffer between the provider and its consumer;
+- a pull provider (a file, a generator) gets a pump task that copies ``provider.stream()``
+  into the edge, waiting for room under the ``block`` policy, so a slow consumer slows the
+  provider instead of losing data.
+
+When the stream ends the channel is closed; when the provider fails, the channel is closed
+with that exception, which the consumer gets once it has drained the buffered items: a
+failure never looks like the end of the data. ``stop()`` never cancels a record away: a pump
+cancelled while it waits for room still puts its record in.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from mdp_core.channel import Channel, ChannelClosed, ChannelStats, Overflow
+from mdp_core.channel import Channel, ChannelStats, Overflow
+from mdp_core.edge import Edge
 from mdp_core.logs import logger
-from mdp_core.models import Bar, Quote, Record, parse_resolution
+from mdp_core.models import Bar, Quote, parse_resolution
 from mdp_core.providers.base import ProviderSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.settings import MdpSettings, get_settings
@@ -49,36 +58,36 @@ class StreamStats:
     resolution: str | None  # of the channel's bars (None for quotes)
     native_resolution: str | None  # of the provider's bars, when resampled
     state: State
-    pumped: int  # records put into the channel
+    received: int  # records the provider handed over (counted at the edge)
+    dropped: dict[str, int]  # received records that left at the edge, by policy
     error: str | None
     uptime: float  # seconds since the stream started
     channel: ChannelStats
-    resample: dict[str, int] | None  # resample_bars counters, when resampling
 
 
 @dataclass(slots=True)
 class _Stream:
     name: str
     provider_name: str
-    provider: ProviderSource
+    provider: ProviderSource[Any]
     channel: Channel[Any]
+    edge: Edge[Any]
     resolution: str | None
     native_resolution: str | None
     started: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # the pump of a pull provider
     state: State = "running"
-    pumped: int = 0
     error: BaseException | None = None
-    resample_stats: Any = None
 
 
 class RuntimeOrchestrator:
-    """Builds providers from a ``ProviderRegistry`` and pumps each into its own channel.
+    """Builds providers from a ``ProviderRegistry`` and connects each to its own channel.
 
     ``stop()`` (also on leaving ``async with``) stops every provider, waits up to
     ``graceful_cancel_timeout`` seconds (default ``MdpSettings().graceful_cancel_timeout``)
-    for the pumps to finish, cancels what is left and closes every channel; it is
-    idempotent. A stopped orchestrator refuses new streams.
+    for the pumps to finish, cancels what is left (a record in hand still goes into its
+    channel) and closes every channel; it is idempotent. A stopped orchestrator refuses new
+    streams.
     """
 
     def __init__(
@@ -119,11 +128,12 @@ class RuntimeOrchestrator:
         symbols: str | Iterable[str],
         max_buffer: int = 4096,
         provider: str | None = None,
-        overflow: Overflow = "block",
+        overflow: Overflow | None = None,
         **provider_kwargs: Any,
     ) -> Channel[Quote]:
         """Start ``provider`` (default: settings) streaming quotes of ``symbols`` into a new
-        channel of ``max_buffer`` items; extra keywords go to the provider."""
+        channel of ``max_buffer`` items; extra keywords go to the provider. ``overflow``
+        defaults to what the provider asks for (IBKR quotes: ``conflate``), else ``block``."""
         return await self._open(symbols, "quotes", None, max_buffer, provider, overflow,
                                 provider_kwargs)  # fmt: skip
 
@@ -133,13 +143,13 @@ class RuntimeOrchestrator:
         resolution: str = "5s",
         max_buffer: int = 2048,
         provider: str | None = None,
-        overflow: Overflow = "block",
+        overflow: Overflow | None = None,
         **provider_kwargs: Any,
     ) -> Channel[Bar]:
         """Start ``provider`` streaming ``resolution`` bars of ``symbols`` into a new channel.
 
-        If the provider's bars are finer, they are rolled up with ``resample_bars``; the
-        requested resolution must then be a multiple of the provider's (else ``ValueError``).
+        If the provider's bars are finer, they are rolled up at the edge; the requested
+        resolution must then be a multiple of the provider's (else ``ValueError``).
         """
         return await self._open(symbols, "bars", parse_resolution(resolution), max_buffer,
                                 provider, overflow, provider_kwargs)  # fmt: skip
@@ -151,18 +161,19 @@ class RuntimeOrchestrator:
         resolution: str | None,
         max_buffer: int,
         provider: str | None,
-        overflow: Overflow,
+        overflow: Overflow | None,
         provider_kwargs: dict[str, Any],
     ) -> Channel[Any]:
         if self._stopped:
             raise RuntimeError("RuntimeOrchestrator is stopped: create a new one")
         name = provider or self.settings.provider
-        channel: Channel[Any] = Channel(max_buffer, overflow)  # validates before any start
+        if overflow is not None:
+            Channel(max_buffer, overflow)  # validates before anything is built
         kwargs: dict[str, Any] = {"symbols": symbols, "mode": mode, **provider_kwargs}
         if resolution is not None:
             kwargs["bar_resolution"] = resolution
         source = self.registry.build(name, **kwargs)
-        native = source.resolution if mode == "bars" else None
+        native = getattr(source, "resolution", None) if mode == "bars" else None
         if (
             resolution is not None
             and native is not None
@@ -173,67 +184,69 @@ class RuntimeOrchestrator:
                 f"provider {name!r} delivers {native} bars: resolution {resolution!r} "
                 f"cannot be made from them (expected a multiple of {native})"
             )
+        policy = overflow or source.default_overflow.get(mode, "block")
+        channel: Channel[Any] = Channel(max_buffer, policy)  # type: ignore[arg-type]
+        resampled = native is not None and native != resolution
+        stream_name = f"{name}:{mode}#{next(self._numbers)}"
+        edge: Edge[Any] = Edge(channel, resolution=resolution if resampled else None,
+                               name=stream_name)  # fmt: skip
+        source.attach(edge)
         try:
             await source.start()
         except BaseException:
             await _quietly_stop(source, self.graceful_cancel_timeout)
             raise
         stream = _Stream(
-            name=f"{name}:{mode}#{next(self._numbers)}",
+            name=stream_name,
             provider_name=name,
             provider=source,
             channel=channel,
+            edge=edge,
             resolution=resolution,
-            native_resolution=native if native != resolution else None,
+            native_resolution=native if resampled else None,
         )
-        stream.task = asyncio.create_task(self._pump(stream), name=f"mdp-pump-{stream.name}")
+        if not source.push:
+            stream.task = asyncio.create_task(self._pump(stream), name=f"mdp-pump-{stream.name}")
         self._streams.append(stream)
         detail = f" from {native} bars" if stream.native_resolution else ""
         logger.info(
             "stream {} started: {} {} {}{} -> channel({}, {})",
-            stream.name, ",".join(source.symbols), mode, resolution or "", detail,
-            max_buffer, overflow,
+            stream.name, ",".join(getattr(source, "symbols", [])), mode, resolution or "",
+            detail, max_buffer, policy,
         )  # fmt: skip
         return channel
 
     async def _pump(self, stream: _Stream) -> None:
-        """Copy the provider's records into the channel; close it with the outcome, then stop
-        the provider."""
-        records: AsyncIterator[Record] = stream.provider.stream()
-        if stream.native_resolution is not None:
-            from mdp_core.operators import OperatorStats, resample_bars
-
-            stream.resample_stats = OperatorStats()
-            records = resample_bars(
-                records,  # type: ignore[arg-type]
-                stream.resolution,  # type: ignore[arg-type]
-                on_late=lambda bar: logger.warning("stream {}: late bar {}", stream.name, bar),
-                stats=stream.resample_stats,
-            )
-        channel = stream.channel
-        put = channel.put
+        """Copy a pull provider's records into its edge; close the edge with the outcome,
+        then stop the provider."""
+        records: AsyncIterator[Any] = stream.provider.stream()
+        edge, channel = stream.edge, stream.channel
+        put = edge.put
         try:
             async for record in records:
                 await put(record)
-                stream.pumped += 1
+                if channel.closed:  # closed by its consumer: nothing more to deliver
+                    stream.state = "stopped"
+                    logger.info("stream {}: channel closed by its consumer", stream.name)
+                    break
         except asyncio.CancelledError:
             stream.state = "stopped"
-            channel.close()
+            edge.close()
             raise
-        except ChannelClosed:
-            stream.state = "stopped"  # closed by its consumer: nothing more to deliver
-            logger.info("stream {}: channel closed by its consumer", stream.name)
         except Exception as exc:
             stream.state, stream.error = "failed", exc
             logger.error("stream {} failed: {}: {}", stream.name, type(exc).__name__, exc)
-            channel.close(exc)
+            edge.close(exc)
         else:
-            stream.state = "stopped" if self._stopped else "finished"
-            channel.close()
-            logger.info("stream {} {} after {} records", stream.name, stream.state, stream.pumped)
+            if stream.state == "running":
+                stream.state = "stopped" if self._stopped else "finished"
+            edge.close()
+            logger.info(
+                "stream {} {} after {} records", stream.name, stream.state, edge.received
+            )
         finally:
             if not channel.closed:  # BaseException (KeyboardInterrupt...): still end the stream
-                channel.close()
+                edge.close()
             aclose = getattr(records, "aclose", None)
             if aclose is not None:
                 try:
@@ -246,10 +259,9 @@ class RuntimeOrchestrator:
     # -- stopping ------------------------------------------------------------------------------
 
     async def stop(self) -> None:
-        """Stop every provider and pump within ``graceful_cancel_timeout``; cancel the rest.
-
-        Idempotent; every channel is closed when it returns (buffered items stay readable).
-        """
+        """Stop every provider, let the pumps deliver what they hold (cancelling those still
+        running after ``graceful_cancel_timeout``: a record in hand still goes in), then
+        close every channel. Idempotent; buffered items stay readable."""
         first = not self._stopped
         self._stopped = True
         streams = list(self._streams)
@@ -267,13 +279,16 @@ class RuntimeOrchestrator:
                 task.cancel()
             if pending:
                 logger.warning(
-                    "{} stream(s) did not stop within {}s: cancelled", len(pending), timeout
+                    "{} stream(s) did not end within {}s of their provider's stop: cancelled "
+                    "(records in hand were still delivered)",
+                    len(pending),
+                    timeout,
                 )
                 _, stuck = await asyncio.wait(pending, timeout=timeout)
                 for task in stuck:
                     logger.error("stream task {} ignores cancellation", task.get_name())
         for s in streams:
-            s.channel.close()
+            s.edge.close()
             if s.state == "running":
                 s.state = "stopped"
         if first:
@@ -282,28 +297,33 @@ class RuntimeOrchestrator:
     # -- observing -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, StreamStats]:
-        """Per stream (by name): provider, state, records pumped, channel and resample counters."""
+        """Per stream (by name): provider, state, records received at the edge, what left
+        there by policy, and the channel's counters."""
         now = time.monotonic()
         out: dict[str, StreamStats] = {}
         for s in self._streams:
+            state: State = s.state
+            error = s.error or s.edge.error
+            if error is not None:
+                state = "failed"
             out[s.name] = StreamStats(
                 name=s.name,
                 provider=s.provider_name,
-                mode=s.provider.mode,
-                symbols=list(s.provider.symbols),
+                mode=getattr(s.provider, "mode", ""),
+                symbols=list(getattr(s.provider, "symbols", [])),
                 resolution=s.resolution,
                 native_resolution=s.native_resolution,
-                state=s.state,
-                pumped=s.pumped,
-                error=None if s.error is None else f"{type(s.error).__name__}: {s.error}",
+                state=state,
+                received=s.edge.received,
+                dropped=dict(s.edge.dropped),
+                error=None if error is None else f"{type(error).__name__}: {error}",
                 uptime=now - s.started,
                 channel=s.channel.stats,
-                resample=s.resample_stats.as_dict() if s.resample_stats is not None else None,
             )
         return out
 
 
-async def _quietly_stop(source: ProviderSource, timeout: float) -> None:
+async def _quietly_stop(source: ProviderSource[Any], timeout: float) -> None:
     """``source.stop()`` bounded by ``timeout``; failures are logged, never raised."""
     try:
         async with asyncio.timeout(timeout):

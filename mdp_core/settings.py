@@ -18,7 +18,8 @@ LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRI
 
 
 class MdpSettings(BaseSettings):
-    """Process-wide settings: ``MDP_PROVIDER``, ``MDP_PG_DSN``, ``MDP_HOME``, ``MDP_LOG_*``."""
+    """Process-wide settings: ``MDP_PROVIDER``, ``MDP_PG_DSN``, ``MDP_PG_*`` (connection
+    timeouts), ``MDP_HOME``, ``MDP_LOG_*``."""
 
     model_config = SettingsConfigDict(env_prefix="MDP_", extra="ignore")
 
@@ -30,6 +31,15 @@ class MdpSettings(BaseSettings):
     log_level: LogLevel = "INFO"
     log_format: Literal["text", "json"] = "text"
     graceful_cancel_timeout: float = Field(5.0, gt=0, description="seconds to stop providers")
+    pg_command_timeout: float = Field(
+        60.0, gt=0, description="seconds one query or COPY may take before it fails (retried)"
+    )
+    pg_statement_timeout: float = Field(
+        0.0, ge=0, description="PostgreSQL statement_timeout in seconds for mdp's sessions; 0: none"
+    )
+    pg_keepalive_idle: int = Field(
+        30, ge=1, description="seconds of TCP silence before keepalive probes (both ends)"
+    )
 
     @property
     def home_dir(self) -> Path:

@@ -10,19 +10,27 @@ when the event is *late*: its window was already emitted. Nothing is dropped sil
 caller decides what to do with a late event (the async operators count it and hand it to
 ``on_late``).
 
-Rules (DESIGN.md section 3):
+Rules:
 
 - A window is ``[start, start + width)`` with ``start`` a multiple of ``width`` seconds since
   the Unix epoch, so a ``1m`` window starts on the minute and a ``1d`` window at UTC midnight.
-- The watermark is the maximum event time seen (across all symbols) minus
-  ``allowed_lateness``. It never regresses. A window closes when the watermark reaches its
-  end, on ``flush()`` (end of stream, or the stream has been idle), or on ``advance()``.
-- Closed windows are a prefix of time: once any window starting before ``T`` is closed, every
-  window starting before ``T`` is. An event in such a window is late, whether or not its
-  symbol had a bar there.
-- Bars come out in window order, then symbol order, so the output is deterministic.
+- Watermarks are per symbol: a symbol's watermark is the maximum event time seen for that
+  symbol minus ``allowed_lateness``; it never regresses. A symbol's window closes when its
+  watermark reaches the window's end, on ``flush()`` (end of stream, or the stream has
+  been idle), or on ``advance()`` (a heartbeat for every symbol). One symbol's far-future
+  event never makes another symbol's events late.
+- A symbol's closed windows are a prefix of time: once one of its windows starting before
+  ``T`` is closed, all of them are, and its events there are late.
+- A symbol's bars come out in window order; bars closed together (by one event, a flush
+  or an advance) come out in window order, then symbol order. The output is
+  deterministic.
 - Open is the price at the earliest event time in the window, close at the latest; equal
   times are broken by arrival order (first arrival opens, last arrival closes).
+- A bar emitted by ``flush()`` before its symbol's events reached the window's end is
+  ``partial`` (for ``BarWindows``: its last input bar ends before the window does): the
+  stream stopped mid-window, and a store replaces it when the complete bar comes.
+- ``folded`` counts the inputs folded into the bars emitted so far (the rest of the inputs
+  seen, less the late ones, sit in open windows).
 """
 
 from __future__ import annotations
@@ -90,121 +98,155 @@ def _epoch_seconds(ts: object) -> float:
     return ts.timestamp()
 
 
-class _Windows:
-    """Watermark, open windows and emission; subclasses define the per-symbol state.
+class _Symbol:
+    """One symbol's watermark and open windows.
 
     The hot path compares datetimes (cheap) rather than converting each event time to epoch
-    seconds (expensive): ``[_lo, _hi)`` is the window of the previous event, and the
-    watermark is tracked as the maximum event time, compared with ``_trigger`` (the event
-    time at which the watermark reaches the end of the earliest window still open).
-    """
+    seconds (expensive): ``[lo, hi)`` is the window of the symbol's previous event, with its
+    state in ``state``; ``trigger`` is the event time at which the watermark reaches the
+    end of the earliest window still open."""
+
+    __slots__ = ("closed_through", "hi", "lo", "max_time", "open", "state", "trigger")
+
+    def __init__(self) -> None:
+        self.max_time = _MIN_TIME  # maximum event time seen
+        self.trigger = _MIN_TIME  # a max event time reaching this closes a window
+        self.closed_through = -_INF  # every window starting before this is closed
+        self.open: dict[float, list] = {}  # window start (epoch seconds) -> state
+        self.lo = self.hi = _MIN_TIME  # no event falls in [lo, hi)
+        self.state: list = []
+
+
+class _Windows:
+    """Per-symbol watermarks, open windows and emission; subclasses define the state."""
 
     def __init__(self, window: timedelta | str, allowed_lateness: timedelta | float = 0.0) -> None:
         self.resolution: str = parse_resolution(window)
         self.width: float = float(RESOLUTIONS[self.resolution])
         self.lateness: timedelta = as_lateness(allowed_lateness)
         self._width = timedelta(seconds=self.width)
-        self._max_time = _MIN_TIME  # maximum event time seen
-        self._trigger = _MIN_TIME  # a max event time reaching this closes a window
-        self._closed_through = -_INF  # every window starting before this is closed
-        # window start (epoch seconds) -> symbol -> mutable aggregation state
-        self._open: dict[float, dict[str, list]] = {}
-        self._lo: datetime  # [_lo, _hi) is the window of the previous event, with its
-        self._hi: datetime  # per-symbol states in _states
-        self._states: dict[str, list]
-        self._forget_window()
+        self._symbols: dict[str, _Symbol] = {}
+        self.folded = 0  # inputs folded into the bars emitted so far
 
     @property
     def watermark(self) -> datetime | None:
-        """Max event time seen minus the allowed lateness (``None`` before any event). It never
-        goes back."""
-        return None if self._max_time is _MIN_TIME else self._max_time - self.lateness
+        """The highest symbol watermark (``None`` before any event). It never goes back."""
+        latest = max((s.max_time for s in self._symbols.values()), default=_MIN_TIME)
+        return None if latest is _MIN_TIME else latest - self.lateness
 
-    @property
-    def closed_through(self) -> datetime | None:
-        """Every window starting before this time has been emitted (``None``: none yet)."""
-        if self._closed_through == -_INF:
+    def watermark_of(self, symbol: str) -> datetime | None:
+        """``symbol``'s watermark (``None`` before its first event)."""
+        s = self._symbols.get(symbol)
+        return None if s is None or s.max_time is _MIN_TIME else s.max_time - self.lateness
+
+    def closed_through_of(self, symbol: str) -> datetime | None:
+        """Every window of ``symbol`` starting before this time was emitted (``None``: none
+        yet)."""
+        s = self._symbols.get(symbol)
+        if s is None or s.closed_through == -_INF:
             return None
-        return datetime.fromtimestamp(self._closed_through, UTC)
+        return datetime.fromtimestamp(s.closed_through, UTC)
 
     @property
     def open_windows(self) -> int:
-        """Number of windows holding data that has not been emitted yet."""
-        return len(self._open)
+        """Number of (window, symbol) pairs holding data not emitted yet."""
+        return sum(len(s.open) for s in self._symbols.values())
 
     def advance(self, event_time: datetime) -> list[Bar]:
-        """Raise the watermark as if an event at ``event_time`` had arrived (a heartbeat);
-        return the bars this closed. ``InvalidEvent`` unless ``event_time`` is aware."""
+        """Raise every symbol's watermark as if an event at ``event_time`` had arrived for it
+        (a heartbeat); return the bars this closed. ``InvalidEvent`` unless ``event_time``
+        is aware."""
         _epoch_seconds(event_time)
-        if event_time > self._max_time:
-            self._max_time = event_time
-            if event_time >= self._trigger:
-                return self._close_until(event_time)
-        return []
+        closed: list[Bar] = []
+        for symbol, s in self._symbols.items():
+            if event_time > s.max_time:
+                s.max_time = event_time
+                if event_time >= s.trigger:
+                    closed.extend(self._close_until(symbol, s, event_time))
+        return _in_order(closed)
 
     def flush(self) -> list[Bar]:
-        """Emit every open window (end of stream, or idle). Events that later fall in an
-        emitted window are late."""
-        if not self._open:
-            return []
-        # Open windows all start at or after _closed_through, so this only moves it forward.
-        self._set_closed_through(max(self._open) + self.width)
-        return self._emit(_INF)
+        """Emit every open window (end of stream, or idle). Events that later fall in a
+        flushed window of their symbol are late."""
+        bars: list[Bar] = []
+        for symbol, s in self._symbols.items():
+            if s.open:
+                # Open windows all start at or after closed_through: this only moves it on.
+                self._set_closed_through(s, max(s.open) + self.width)
+                bars.extend(self._emit(symbol, s, _INF, flushed=True))
+        return _in_order(bars)
 
-    def _close_until(self, max_time: datetime) -> list[Bar]:
+    def _symbol(self, symbol: str) -> _Symbol:
+        """The state of a symbol seen for the first time (its name is checked)."""
+        if symbol not in _CLEAN_SYMBOLS:  # known clean symbols skip the check
+            self._check_symbol(symbol)
+        s = self._symbols[symbol] = _Symbol()
+        return s
+
+    def _check_symbol(self, symbol: object) -> None:
+        """The records' symbol rule, and already normalised: ``"aapl"`` and ``"AAPL"``
+        would otherwise aggregate apart into bars of the same key."""
+        try:
+            clean = normalize_symbol(symbol)
+            if clean != symbol:
+                raise ValueError(f"symbol {symbol!r} is not normalised: expected {clean!r}")
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(str(exc)) from None
+
+    def _close_until(self, symbol: str, s: _Symbol, max_time: datetime) -> list[Bar]:
         wm = (max_time - self.lateness).timestamp()
-        self._set_closed_through(wm - wm % self.width)  # windows ending at or before wm
-        return self._emit(self._closed_through)
+        self._set_closed_through(s, wm - wm % self.width)  # windows ending at or before wm
+        return self._emit(symbol, s, s.closed_through, flushed=False)
 
-    def _set_closed_through(self, boundary: float) -> None:
-        self._closed_through = boundary
+    def _set_closed_through(self, s: _Symbol, boundary: float) -> None:
+        s.closed_through = boundary
         # The watermark reaching boundary + width closes the next window.
-        next_end = datetime.fromtimestamp(boundary + self.width, UTC)
-        self._trigger = next_end + self.lateness
+        s.trigger = datetime.fromtimestamp(boundary + self.width, UTC) + self.lateness
 
-    def _window_for(self, ts: datetime) -> dict[str, list] | None:
-        """The open window holding ``ts`` (created if needed), or ``None`` if it was closed."""
+    def _locate(self, s: _Symbol, ts: datetime) -> list | None:
+        """The open window of ``s`` holding ``ts`` (``[]`` when it is new: the caller fills
+        it), or ``None`` if that window was closed (the event is late)."""
         t = _epoch_seconds(ts)
         start = t - t % self.width
-        if start < self._closed_through:
+        if start < s.closed_through:
             return None
-        states = self._open.get(start)
-        if states is None:
-            states = self._open[start] = {}
-        self._lo = datetime.fromtimestamp(start, UTC)
-        self._hi = self._lo + self._width
-        self._states = states
-        return states
+        state = s.open.get(start)
+        s.lo = datetime.fromtimestamp(start, UTC)
+        s.hi = s.lo + self._width
+        if state is None:
+            state = s.open[start] = []
+        s.state = state
+        return state
 
-    def _forget_window(self) -> None:
-        self._lo = self._hi = _MIN_TIME  # no event falls in [_lo, _hi)
-        self._states = {}
-
-    def _emit(self, before: float) -> list[Bar]:
-        self._forget_window()
+    def _emit(self, symbol: str, s: _Symbol, before: float, *, flushed: bool) -> list[Bar]:
+        s.lo = s.hi = _MIN_TIME
         bars: list[Bar] = []
-        make = self._bar
-        for start in sorted(s for s in self._open if s < before):
-            states = self._open.pop(start)
+        for start in sorted(w for w in s.open if w < before):
+            state = s.open.pop(start)
             ts = datetime.fromtimestamp(start, UTC)
-            for symbol in sorted(states):
-                bars.append(make(symbol, ts, states[symbol]))
+            bars.append(self._bar(symbol, ts, state, flushed and self._short(ts, state, s)))
+            self.folded += state[-1]
         return bars
 
-    def _discard_empty(self) -> None:
-        for start in [s for s, states in self._open.items() if not states]:
-            del self._open[start]
-        self._forget_window()
+    def _short(self, start: datetime, state: list, s: _Symbol) -> bool:
+        """Whether a flushed window's inputs stop before its end (the bar is partial)."""
+        return s.max_time < start + self._width
 
-    def _bar(self, symbol: str, ts: datetime, state: list) -> Bar:
+    def _bar(self, symbol: str, ts: datetime, state: list, partial: bool) -> Bar:
         raise NotImplementedError
+
+
+def _in_order(bars: list[Bar]) -> list[Bar]:
+    """Window order, then symbol order."""
+    bars.sort(key=lambda b: (b.ts, b.symbol))
+    return bars
 
 
 class OhlcWindows(_Windows):
     """OHLCV aggregation of price events into tumbling windows (see the module docstring).
 
     ``source`` is copied onto every bar. State per open (window, symbol):
-    ``[open_time, open, high, low, close_time, close, volume]``.
+    ``[open_time, open, high, low, close_time, close, volume, inputs]``.
     """
 
     def __init__(
@@ -242,22 +284,23 @@ class OhlcWindows(_Windows):
             raise InvalidEvent(
                 f"price {price!r} or volume {volume!r} is invalid: expected finite numbers"
             ) from None
+        s = self._symbols.get(symbol)
         try:
-            if self._lo <= ts < self._hi:  # the previous event's window: the common case
-                states = self._states
+            if s is not None and s.lo <= ts < s.hi:  # the previous event's window: common
+                state = s.state
             else:
-                located = self._window_for(ts)
+                if s is None:
+                    _epoch_seconds(ts)  # check the time before remembering the symbol
+                    s = self._symbol(symbol)
+                located = self._locate(s, ts)
                 if located is None:
                     return None
-                states = located
+                state = located
         except TypeError:  # not an aware datetime
             _epoch_seconds(ts)
             raise
-        state = states.get(symbol)
-        if state is None:
-            if symbol not in _CLEAN_SYMBOLS:  # known clean symbols skip the check
-                self._check_symbol(symbol)
-            states[symbol] = [ts, price, price, price, ts, price, volume]
+        if not state:
+            state.extend((ts, price, price, price, ts, price, volume, 1))
         else:
             if price > state[2]:
                 state[2] = price
@@ -270,24 +313,14 @@ class OhlcWindows(_Windows):
                 state[0] = ts
                 state[1] = price
             state[6] += volume
-        if ts > self._max_time:
-            self._max_time = ts
-            if ts >= self._trigger:
-                return self._close_until(ts)
+            state[7] += 1
+        if ts > s.max_time:
+            s.max_time = ts
+            if ts >= s.trigger:
+                return self._close_until(symbol, s, ts)
         return _NO_BARS
 
-    def _check_symbol(self, symbol: object) -> None:
-        """The records' symbol rule, and already normalised: ``"aapl"`` and ``"AAPL"``
-        would otherwise aggregate apart into bars of the same key."""
-        try:
-            clean = normalize_symbol(symbol)
-            if clean != symbol:
-                raise ValueError(f"symbol {symbol!r} is not normalised: expected {clean!r}")
-        except (TypeError, ValueError) as exc:
-            self._discard_empty()  # the window may have been created for this event
-            raise InvalidEvent(str(exc)) from None
-
-    def _bar(self, symbol: str, ts: datetime, state: list) -> Bar:
+    def _bar(self, symbol: str, ts: datetime, state: list, partial: bool) -> Bar:
         return Bar(
             symbol,
             ts,
@@ -298,6 +331,7 @@ class OhlcWindows(_Windows):
             state[6],
             self.resolution,
             source=self.source,
+            partial=partial,
         )
 
 
@@ -324,6 +358,7 @@ class BarWindows(_Windows):
             raise ValueError(f"source {source!r} is invalid: expected a str or None")
         self.source = source
         self._ok_resolutions: set[str] = set()
+        self._input_width: dict[str, timedelta] = {}
 
     def add(self, bar: Bar) -> Sequence[Bar] | None:
         """Fold one input bar into its window; returns like ``OhlcWindows.add``."""
@@ -334,21 +369,25 @@ class BarWindows(_Windows):
             raise TypeError(
                 f"resample_bars: item {bar!r} is a {type(bar).__name__}: expected a Bar"
             ) from None
-        ts = bar.ts
-        if self._lo <= ts < self._hi:
-            states = self._states
+        ts, symbol = bar.ts, bar.symbol
+        s = self._symbols.get(symbol)
+        if s is not None and s.lo <= ts < s.hi:
+            state = s.state
         else:
-            located = self._window_for(ts)
+            if s is None:
+                s = self._symbol(symbol)
+            located = self._locate(s, ts)
             if located is None:
                 return None
-            states = located
+            state = located
         vwap, volume, count = bar.vwap, bar.volume, bar.trade_count
         pv = None if vwap is None else vwap * volume
-        state = states.get(bar.symbol)
-        if state is None:
-            states[bar.symbol] = [
-                ts, bar.open, bar.high, bar.low, ts, bar.close, volume, pv, count, bar.source,
-            ]  # fmt: skip
+        end = ts + self._input_width[bar.resolution]
+        if not state:
+            state.extend(
+                (ts, bar.open, bar.high, bar.low, ts, bar.close, volume, pv, count, bar.source,
+                 end, 1)
+            )  # fmt: skip
         else:
             if bar.high > state[2]:
                 state[2] = bar.high
@@ -363,11 +402,17 @@ class BarWindows(_Windows):
             state[6] += volume
             state[7] = None if pv is None or state[7] is None else state[7] + pv
             state[8] = None if count is None or state[8] is None else state[8] + count
-        if ts > self._max_time:
-            self._max_time = ts
-            if ts >= self._trigger:
-                return self._close_until(ts)
+            if end > state[10]:
+                state[10] = end
+            state[11] += 1
+        if ts > s.max_time:
+            s.max_time = ts
+            if ts >= s.trigger:
+                return self._close_until(symbol, s, ts)
         return _NO_BARS
+
+    def _short(self, start: datetime, state: list, s: _Symbol) -> bool:
+        return state[10] < start + self._width  # the last input ends before the window
 
     def _check_resolution(self, bar: Bar) -> None:
         if not can_roll_up(bar.resolution, self.resolution):
@@ -378,8 +423,9 @@ class BarWindows(_Windows):
                 "(e.g. 5s -> 1m, 1m -> 1h)"
             )
         self._ok_resolutions.add(bar.resolution)
+        self._input_width[bar.resolution] = timedelta(seconds=RESOLUTIONS[bar.resolution])
 
-    def _bar(self, symbol: str, ts: datetime, state: list) -> Bar:
+    def _bar(self, symbol: str, ts: datetime, state: list, partial: bool) -> Bar:
         volume, pv = state[6], state[7]
         vwap = pv / volume if pv is not None and volume > 0.0 else None
         return Bar(
@@ -394,4 +440,5 @@ class BarWindows(_Windows):
             vwap=vwap,
             trade_count=state[8],
             source=state[9] if self.source is None else self.source,
+            partial=partial,
         )

@@ -33,9 +33,10 @@ def _parse_options(values: tuple[str, ...]) -> dict[str, Any]:
 def _status_line(stats: PipelineStats) -> str:
     c = stats.counters()
     return (
-        f"{stats.stream}: {c['rate']:>9,.0f}/s  emitted {c['emitted']:>10,}  "
+        f"{stats.stream}: {c['rate']:>9,.0f}/s  received {c['received']:>10,}  "
         f"committed {c['committed']:>10,}  dead-lettered {c['dead_lettered']:>6,}  "
-        f"dropped {c['dropped']:>6,}  queue {c['queue_depth']:>6,}  circuit {c['circuit']}"
+        f"dropped {c['dropped_total']:>6,}  queue {c['queue_depth']:>6,}  "
+        f"circuit {c['circuit']}"
     )
 
 
@@ -96,6 +97,12 @@ def stream(
       mdp stream --provider replay --mode bars --resolution 1h \\
                  --option path=data/SPY_1min_2011-01.csv --symbols SPY
       mdp stream --config streams.yaml --name ibkr_bars
+
+    \b
+    Exit status: 0 when every record received was committed, dead-lettered or dropped by a
+    named policy; 1 if the stream failed (the provider, or the spool); 3 if the accounting
+    does not balance. --summary-json holds the final counters (received, committed,
+    dead_lettered, dropped by policy, balanced, ...).
     """
     from mdp_core.settings import get_settings
 
@@ -106,13 +113,10 @@ def stream(
         raise click.UsageError(str(exc)) from None
     stats = asyncio.run(_run(spec, dsn, seconds, quiet))
     if summary_json is not None:
-        summary_json.write_text(json.dumps(stats.counters() | {"balanced": stats.balanced}))
+        summary_json.write_text(json.dumps(stats.counters()))
     c = stats.counters()
     click.echo(
-        f"{spec.name}: emitted {c['emitted']:,}, committed {c['committed']:,} "
-        f"({c['new_rows']:,} new rows), dead-lettered {c['dead_lettered']:,}, "
-        f"dropped {c['dropped']:,} in {c['elapsed_s']:.1f}s"
-        + ("" if stats.balanced else "  [ACCOUNTING DOES NOT BALANCE]")
+        f"{spec.name}: {stats.summary()}; {c['new_rows']:,} new rows in {c['elapsed_s']:.1f}s"
     )
     if stats.error is not None:
         click.echo(f"stream failed: {stats.error}", err=True)

@@ -44,6 +44,7 @@ from mdp_core.store.embedded import EmbeddedServer
 
 __all__ = [
     "EMBEDDED_DATABASE",
+    "MAINTENANCE_TIMEOUT",
     "PARTITIONED_TABLES",
     "PARTITION_LOCK_TIMEOUT",
     "STAGE_DDL",
@@ -66,6 +67,9 @@ _MIGRATIONS_LOCK = "mdp:migrations"
 _PARTITIONS_LOCK = "mdp:partitions"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _PARTITION_NAME = re.compile(r"^(quotes|bars)_p(\d{8})$")
+# Work that may legitimately run long (waiting for another process's migration, a rollup of
+# a year, a retention detach) overrides the pool's command timeout with this one.
+MAINTENANCE_TIMEOUT = 3600.0
 # Creating a partition takes an ACCESS EXCLUSIVE lock on the parent table, which waits for
 # every open reader of it, and every writer then queues behind that request. Bound the wait:
 # past it the write fails with LockNotAvailableError (55P03, transient: retried).
@@ -84,7 +88,7 @@ CREATE TEMP TABLE IF NOT EXISTS mdp_stage_quotes (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS mdp_stage_bars (
     symbol text, resolution text, ts timestamptz, open float8, high float8, low float8,
-    close float8, volume float8, vwap float8, trade_count bigint, source text
+    close float8, volume float8, vwap float8, trade_count bigint, source text, partial bool
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -278,6 +282,41 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(STAGE_DDL)
 
 
+def _keepalive(idle: int) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    """A pool ``init`` that also turns on TCP keepalive probes on the client's socket, so a
+    peer that vanished without closing (a blackholed network) is noticed even between
+    queries. asyncpg has no option for it; a unix socket has nothing to set."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        transport = getattr(conn, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+    return init
+
+
+def _server_settings(settings: MdpSettings) -> dict[str, str]:
+    """Session settings of every mdp connection: UTC, a name in pg_stat_activity, the
+    server's own keepalive probes (it drops a client that vanished, releasing its locks),
+    and the optional statement timeout."""
+    out = {
+        "application_name": "mdp",
+        "timezone": "UTC",
+        "tcp_keepalives_idle": str(settings.pg_keepalive_idle),
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "3",
+    }
+    if settings.pg_statement_timeout:
+        out["statement_timeout"] = str(int(settings.pg_statement_timeout * 1000))
+    return out
+
+
 class _Connecting:
     """What ``Database.connect()`` returns: await it, or use it as ``async with``."""
 
@@ -331,6 +370,7 @@ class Database:
         migrate: bool = True,
         home: str | Path | None = None,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = None,
     ) -> _Connecting:
         """Open a pool: ``db = await Database.connect()`` or ``async with Database.connect()
         as db:`` (which closes the pool on exit).
@@ -340,6 +380,12 @@ class Database:
         ``home`` picks the embedded server under ``home/pg`` even when ``MDP_PG_DSN`` is set.
         ``migrate`` applies pending migrations. Raises ``DatabaseError`` (never showing a
         password) when the database cannot be reached.
+
+        Every connection has a command timeout (``command_timeout``, default
+        ``MDP_PG_COMMAND_TIMEOUT``, 60 s: a query or COPY that hangs on a frozen or
+        blackholed server fails as a ``TimeoutError``, which writers retry), TCP keepalive
+        probes at both ends (``MDP_PG_KEEPALIVE_IDLE``) and, if set,
+        ``MDP_PG_STATEMENT_TIMEOUT``.
         """
 
         async def opener() -> Database:
@@ -350,6 +396,7 @@ class Database:
                 migrate=migrate,
                 home=home,
                 connect_timeout=connect_timeout,
+                command_timeout=command_timeout,
             )
 
         return _Connecting(opener)
@@ -364,10 +411,11 @@ class Database:
         migrate: bool,
         home: str | Path | None,
         connect_timeout: float,
+        command_timeout: float | None,
     ) -> Database:
         embedded: EmbeddedServer | None = None
+        settings = get_settings()
         if dsn is None:
-            settings = get_settings()
             if settings.pg_dsn is not None and home is None:
                 dsn = settings.pg_dsn.get_secret_value()
             else:
@@ -378,9 +426,10 @@ class Database:
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
-                init=_init_connection,
+                init=_keepalive(settings.pg_keepalive_idle),
                 timeout=connect_timeout,
-                server_settings={"application_name": "mdp", "timezone": "UTC"},
+                command_timeout=command_timeout or settings.pg_command_timeout,
+                server_settings=_server_settings(settings),
             )
         except (
             OSError,
@@ -440,7 +489,11 @@ class Database:
                 if all(m.version in applied for m in migrations):
                     _warn_drift(migrations, applied)
                     return []
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", _MIGRATIONS_LOCK)
+            await conn.execute(
+                "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+                _MIGRATIONS_LOCK,
+                timeout=MAINTENANCE_TIMEOUT,  # another process may be migrating
+            )
             try:
                 await conn.execute(_BOOTSTRAP)
                 applied = await _applied(conn)
@@ -449,7 +502,7 @@ class Database:
                         continue
                     try:
                         async with conn.transaction():
-                            await conn.execute(m.sql)
+                            await conn.execute(m.sql, timeout=MAINTENANCE_TIMEOUT)
                             await conn.execute(
                                 "INSERT INTO mdp.schema_migrations (version, name, checksum) "
                                 "VALUES ($1, $2, $3)",
@@ -569,7 +622,10 @@ class Database:
                         continue
                     name = partition_name(table, day)  # rebuilt from the date, not the catalog
                     how = "FINALIZE" if row["detach_pending"] else "CONCURRENTLY"
-                    await conn.execute(f"ALTER TABLE mdp.{table} DETACH PARTITION mdp.{name} {how}")
+                    await conn.execute(
+                        f"ALTER TABLE mdp.{table} DETACH PARTITION mdp.{name} {how}",
+                        timeout=MAINTENANCE_TIMEOUT,  # waits for transactions using the table
+                    )
                     await conn.execute(f"DROP TABLE IF EXISTS mdp.{name}")
                     self._known_partitions.discard((table, day))
                     dropped.append(name)

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mdp_core.models import Bar, parse_resolution, resolution_seconds
+from mdp_core.store.database import MAINTENANCE_TIMEOUT
 
 if TYPE_CHECKING:
     from mdp_core.store.database import Database
@@ -286,7 +287,9 @@ async def rollup_bars(
 
     async def one(lo: datetime, hi: datetime) -> Any:
         async with db.pool.acquire() as conn:
-            row = await conn.fetchrow(_ROLLUP_SQL, window, source, lo, hi, target)
+            row = await conn.fetchrow(
+                _ROLLUP_SQL, window, source, lo, hi, target, timeout=MAINTENANCE_TIMEOUT
+            )
         assert row is not None  # an aggregate without GROUP BY always returns one row
         return row
 

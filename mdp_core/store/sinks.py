@@ -8,7 +8,9 @@ Guarantees (G1, effectively once, with the coordinator's at-least-once retries):
   in the table; a row counts as stored only once ``write`` has returned;
 - writes are idempotent on the natural key, ``(symbol, ts)`` for quotes and
   ``(symbol, resolution, ts)`` for bars: writing a batch again, or a batch holding the same
-  key twice, adds no duplicate (the first stored row wins);
+  key twice, adds no duplicate. The first stored row of a key wins, with one exception: a
+  bar stored ``partial`` (its stream stopped mid-window) is replaced by the first complete
+  bar written for its key. ``write`` returns the rows inserted plus the partial rows replaced;
 - errors propagate unchanged as asyncpg exceptions (e.g. ``CheckViolationError``,
   SQLSTATE 23514, when a row breaks a CHECK constraint; ``PostgresConnectionError`` or
   ``OSError`` when the database is unreachable), so the coordinator can classify them by
@@ -51,6 +53,7 @@ class Sink(Generic[R]):
     # record -> tuple in ``columns`` order; operator.attrgetter runs in C (the hot path)
     _to_row: ClassVar[attrgetter[tuple[Any, ...]]]
     _insert_sql: ClassVar[str]
+    _replace_sql: ClassVar[str | None] = None  # run when the INSERT met conflicts
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -116,7 +119,11 @@ class Sink(Generic[R]):
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             status = await conn.execute(self._insert_sql)
-        return int(status.rpartition(" ")[2])  # "INSERT 0 <n>"
+            new = int(status.rpartition(" ")[2])  # "INSERT 0 <n>"
+            if new < len(rows) and self._replace_sql is not None:
+                status = await conn.execute(self._replace_sql)
+                new += int(status.rpartition(" ")[2])  # "UPDATE <n>"
+        return new
 
     def days(self, batch: Sequence[R]) -> set[date]:
         """The UTC days the batch's rows fall in (one partition each)."""
@@ -152,6 +159,7 @@ _BAR_COLUMNS = (
     "vwap",
     "trade_count",
     "source",
+    "partial",
 )
 # Written out in full (no formatting): identifiers are code constants, values come by COPY.
 _QUOTES_INSERT = (
@@ -161,9 +169,19 @@ _QUOTES_INSERT = (
 )
 _BARS_INSERT = (
     "INSERT INTO mdp.bars (symbol, resolution, ts, open, high, low, close, volume, vwap, "
-    "trade_count, source) "
-    "SELECT symbol, resolution, ts, open, high, low, close, volume, vwap, trade_count, source "
-    "FROM mdp_stage_bars ON CONFLICT DO NOTHING"
+    "trade_count, source, partial) "
+    "SELECT symbol, resolution, ts, open, high, low, close, volume, vwap, trade_count, source, "
+    "partial FROM mdp_stage_bars ON CONFLICT DO NOTHING"
+)
+# A complete bar replaces a stored partial one of its key (the first complete one of the
+# batch, in arrival order); run only when the INSERT met conflicts.
+_BARS_REPLACE_PARTIAL = (
+    "UPDATE mdp.bars b SET open = s.open, high = s.high, low = s.low, close = s.close, "
+    "volume = s.volume, vwap = s.vwap, trade_count = s.trade_count, source = s.source, "
+    "partial = false, ingested_at = now() "
+    "FROM (SELECT DISTINCT ON (symbol, resolution, ts) * FROM mdp_stage_bars "
+    "WHERE NOT partial ORDER BY symbol, resolution, ts, ctid) s "
+    "WHERE b.symbol = s.symbol AND b.resolution = s.resolution AND b.ts = s.ts AND b.partial"
 )
 
 
@@ -188,3 +206,4 @@ class BarsSink(Sink[Bar]):
     columns = _BAR_COLUMNS
     _to_row = attrgetter(*_BAR_COLUMNS)
     _insert_sql = _BARS_INSERT
+    _replace_sql = _BARS_REPLACE_PARTIAL

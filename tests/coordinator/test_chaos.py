@@ -15,7 +15,6 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.store.database import Database
 from mdp_core.store.embedded import EmbeddedServer
 from mdp_core.store.sinks import QuotesSink
-from tests.coordinator.conftest import open_database
 from tests.coordinator.helpers import T0, FakeClock, quotes
 from tests.coordinator.proxy import ChaosProxy, chaos_proxy, unix_socket_path
 
@@ -30,7 +29,7 @@ async def table_keys(db: Database) -> tuple[set[tuple[object, ...]], int]:
 async def proxied_database(
     proxy: ChaosProxy, fresh_dsn: str, *, command_timeout: float
 ) -> Database:
-    db = await open_database(
+    db = await Database.connect(
         proxy.dsn(urlsplit(fresh_dsn).path.lstrip("/")),
         command_timeout=command_timeout,
         connect_timeout=1.0,

@@ -19,7 +19,7 @@ from mdp_core.coordinator import (
     WriteCoordinator,
 )
 from mdp_core.dlq import DeadLetterQueue
-from mdp_core.models import Quote
+from mdp_core.models import Bar, Quote
 from tests.coordinator.helpers import FakeClock, MemorySink, quotes
 
 
@@ -340,32 +340,36 @@ async def test_open_circuit_spools_after_the_retry_budget(dlq: DeadLetterQueue) 
     assert sorted(r.record().key for r in dlq.list()) == sorted(q.key for q in items)
 
 
-async def test_t9_unexpected_exception_dead_letters_and_restarts_the_worker(
-    dlq: DeadLetterQueue,
-) -> None:
-    """T9: a bug in the sink: batch dead-lettered, worker restarted, health shows it,
-    producers keep going."""
+async def test_t9_unexpected_exception_is_isolated_to_its_row(dlq: DeadLetterQueue) -> None:
+    """T9: a bug in the sink that one row triggers is not retried as a batch and does not
+    kill anything: the batch is bisected, that row alone is dead-lettered with the error,
+    the rest commit and producers keep going."""
     clock = FakeClock()
-    sink = MemorySink(fault=lambda n, b: RuntimeError("sink bug") if n == 1 else None)
-    settings = CoordinatorSettings(workers=2, batch_size=10, flush_interval=0)
     first, rest = quotes(10), quotes(90, start=10)
+    bad = first[6].key
+
+    def bug(n: int, batch: Sequence[Quote | Bar]) -> Exception | None:
+        return RuntimeError("sink bug") if any(q.key == bad for q in batch) else None
+
+    sink = MemorySink(fault=bug)
+    settings = CoordinatorSettings(workers=2, batch_size=10, flush_interval=0)
     coord = WriteCoordinator(sink, settings, dlq=dlq, clock=clock, sleep=clock.sleep)
     async with asyncio.timeout(10), coord:
         await coord.submit_many(first)
         await coord.drain()
-        await until(lambda: coord.health().workers_alive == 2)
         h = coord.health()
-        assert h.worker_restarts == 1
+        assert (h.committed, h.dead_lettered, h.retries) == (9, 1, 0)
+        assert h.worker_restarts == 0 and h.workers_alive == 2
         assert h.last_error == "RuntimeError: sink bug"
-        assert h.dead_lettered == 10
         for q in rest:  # producers are not stuck
             await coord.submit(q)
         await coord.drain()
     h = coord.health()
-    assert (h.committed, h.dead_lettered) == (90, 10) and balanced(coord)
-    records = dlq.list()
-    assert {r.record().key for r in records} == {q.key for q in first}
-    assert {(r.error.type, r.error.message) for r in records} == {("RuntimeError", "sink bug")}
+    assert (h.committed, h.dead_lettered) == (99, 1) and balanced(coord)
+    (record,) = dlq.list()
+    assert record.record().key == bad
+    assert (record.error.type, record.error.message) == ("RuntimeError", "sink bug")
+    assert set(sink.rows) == {q.key for q in first + rest} - {bad}
 
 
 async def test_a_failing_spool_crashes_the_worker_and_the_batch_is_retried(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -221,68 +222,61 @@ async def test_crash_in_the_middle_of_a_replay_loses_nothing(dlq: DeadLetterQueu
     assert dlq.count() == 0 and not list(dlq.directory.glob("*.jsonl"))
 
 
-async def test_crash_before_the_claimed_segment_is_removed_duplicates_at_worst(
-    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("step", ["replace", "unlink", "copyfileobj", "fsync"])
+@pytest.mark.parametrize("nth", [1, 2, 3])
+async def test_a_replay_that_dies_at_any_step_loses_and_duplicates_nothing(
+    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch, step: str, nth: int
 ) -> None:
-    items = quotes(20)
-    dlq.put(items, TimeoutError(), 1)
-    sink = MemorySink(poison={items[3].key})
+    """The process dies at the ``nth`` call of one file operation of a replay that commits
+    some records, keeps one failing and quarantines another: afterwards every record is in
+    exactly one place (table, spool or quarantine), at worst a quarantined one is still
+    pending too; a second replay finishes the job."""
+    items = quotes(30)
+    dlq.put(items[:15], TimeoutError(), 1)
+    dlq.put(items[15:], TimeoutError(), 1)
+    bad, worse = items[3].key, items[20].key
+    sink = MemorySink(poison={bad, worse})
+    [worst] = [r for r in dlq.list() if r.record().key == worse]
+    _bump_replays(dlq, worst.id, 4)  # one more failing replay sends it to the quarantine
+    target = {"replace": os, "unlink": Path, "copyfileobj": shutil, "fsync": os}[step]
+    real = getattr(target, step)
+    calls = {"n": 0}
 
-    def die(self: Path, missing_ok: bool = False) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "unlink", die)
-    with pytest.raises(KeyboardInterrupt):
-        await dlq.replay(sink)
-    monkeypatch.undo()
-    # the survivor segment and the claimed one both exist: the record is listed once
-    assert [r.record().key for r in dlq.list()] == [q.key for q in items]
-    result = await dlq.replay(sink)
-    assert result.still_failing == 1 and [r.record().key for r in dlq.list()] == [items[3].key]
-
-
-async def crash_at_unlink(
-    dlq: DeadLetterQueue, sink: MemorySink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A replay that dies after writing the rewritten segment, before removing the claimed
-    one: every record still failing is then in the spool twice (same id)."""
-
-    def die(self: Path, missing_ok: bool = False) -> None:
-        raise KeyboardInterrupt
+    def dying(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise KeyboardInterrupt  # the process dies here
+        return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(Path, "unlink", die)
-        with pytest.raises(KeyboardInterrupt):
-            await dlq.replay(sink, max_attempts=2)
+        patch.setattr(target, step, dying)
+        try:
+            await dlq.replay(sink, max_attempts=5)
+        except KeyboardInterrupt:
+            pass
+    pending = [r.record().key for r in dlq.list()]
+    quarantined = [r.record().key for r in dlq.list(quarantined=True)]
+    assert len(pending) == len(set(pending)) and len(quarantined) <= 1
+    assert set(pending) | set(quarantined) | set(sink.rows) == {q.key for q in items}
+    result = await dlq.replay(sink, max_attempts=5)
+    pending = [r.record().key for r in dlq.list()]
+    quarantined = [r.record().key for r in dlq.list(quarantined=True)]
+    assert pending == [bad] and worse in quarantined
+    assert set(sink.rows) == {q.key for q in items} - {bad, worse}
+    assert result.still_failing == 1 and dlq.count() == 1
 
 
-async def test_after_a_crash_replay_continues_from_the_latest_copy(
-    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    items = quotes(5)
-    dlq.put(items, TimeoutError(), 1)
-    sink = MemorySink(poison={items[3].key})
-    await crash_at_unlink(dlq, sink, monkeypatch)
-    assert dlq.count() == 5  # each id once
-    latest = next(r for r in dlq.list() if r.record() == items[3])
-    assert (latest.attempts, latest.replays) == (2, 1)
-    result = await dlq.replay(sink, max_attempts=2)  # its second failing replay: quarantined
-    assert (result.still_failing, result.quarantined) == (0, 1)
-    [quarantined] = dlq.list(quarantined=True)
-    assert (quarantined.id, quarantined.attempts, quarantined.replays) == (latest.id, 3, 2)
-    assert dlq.count() == 0
-
-
-async def test_after_a_crash_purge_judges_the_latest_copy(
-    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    items = quotes(5)
-    dlq.put(items, TimeoutError(), 1)
-    await crash_at_unlink(dlq, MemorySink(poison={items[3].key}), monkeypatch)
-    latest = next(r for r in dlq.list() if r.record() == items[3])
-    # the other four failed only at put(), before the replay: older than the cutoff
-    assert dlq.purge(older_than=latest.last_failed_at) == 4
-    assert dlq.list() == [latest]
+def _bump_replays(dlq: DeadLetterQueue, record_id: str, replays: int) -> None:
+    """Rewrite the spool so record ``record_id`` has failed ``replays`` replays already."""
+    for path in dlq.directory.glob("seg-*.jsonl"):
+        lines = path.read_text().splitlines()
+        out = []
+        for line in lines:
+            data = json.loads(line)
+            if data["id"] == record_id:
+                data["replays"] = replays
+            out.append(json.dumps(data, separators=(",", ":")))
+        path.write_text("".join(x + "\n" for x in out))
 
 
 async def test_replay_keeps_corrupt_lines(dlq: DeadLetterQueue) -> None:
@@ -387,3 +381,56 @@ async def test_replay_removes_empty_segments(dlq: DeadLetterQueue) -> None:
     segment.write_text("")
     result = await dlq.replay(MemorySink())
     assert result.replayed == 0 and not list(dlq.directory.glob("*.jsonl"))
+
+
+async def test_count_list_and_replay_stream_through_a_large_spool(tmp_path: Path) -> None:
+    """The spool is read line by line: counting it, iterating it and replaying it take
+    memory for one batch, not for the spool (here 40,000 records, about 16 MB)."""
+    import tracemalloc
+
+    dlq = DeadLetterQueue(tmp_path / "dlq", fsync=False)
+    items = quotes(40_000)
+    for start in range(0, len(items), 10_000):
+        dlq.put(items[start : start + 10_000], TimeoutError(), 1)
+    size = sum(p.stat().st_size for p in dlq.directory.glob("seg-*.jsonl"))
+    sink = MemorySink()
+    sink.rows = _CountingRows()  # the sink keeps no rows: only the spool's memory counts
+
+    tracemalloc.start()
+    try:
+        assert dlq.count() == 40_000
+        counted_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert sum(1 for _ in dlq.iter()) == 40_000
+        iter_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        result = await dlq.replay(sink, batch_size=500)
+        replay_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.replayed == 40_000 and dlq.count() == 0
+    assert size > 12_000_000
+    for peak in (counted_peak, iter_peak, replay_peak):
+        assert peak < size / 10, (peak, size)  # the old reader held the whole spool
+
+
+class _CountingRows(dict):  # type: ignore[type-arg]
+    """A dict that forgets what is stored in it (MemorySink's table, for a memory test)."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def test_spool_files_are_private(tmp_path: Path) -> None:
+    dlq = DeadLetterQueue(tmp_path / "dlq")
+    dlq.put(quotes(3), TimeoutError(), 1)
+    assert (dlq.directory.stat().st_mode & 0o777) == 0o700
+    files = [p for p in dlq.directory.iterdir() if p.is_file()]
+    assert files and all((p.stat().st_mode & 0o777) == 0o600 for p in files), [
+        (p.name, oct(p.stat().st_mode)) for p in files
+    ]
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o755)
+    os.chmod(loose, 0o755)
+    DeadLetterQueue(loose).put(quotes(1), TimeoutError(), 1)
+    assert (loose.stat().st_mode & 0o777) == 0o700  # an existing directory is tightened

@@ -156,8 +156,8 @@ async def test_cancelled_probe_lets_another_caller_probe() -> None:
     assert await asyncio.wait_for(breaker.acquire(), 5) is True
 
 
-def test_a_custom_classifier_is_used_and_its_nonsense_is_fatal() -> None:
-    policy = RetryPolicy(classify=lambda exc: "permanent" if isinstance(exc, KeyError) else "?")  # type: ignore[arg-type,return-value]
-    assert policy.classification(KeyError()) == "permanent"
-    assert policy.classification(TimeoutError()) == "fatal"
+def test_a_custom_classifier_is_used_and_its_nonsense_is_not_transient() -> None:
+    policy = RetryPolicy(classify=lambda exc: "transient" if isinstance(exc, KeyError) else "?")  # type: ignore[arg-type,return-value]
+    assert policy.classification(KeyError()) == "transient"
+    assert policy.classification(TimeoutError()) == "permanent"
     assert RetryPolicy().classification(TimeoutError()) == "transient"

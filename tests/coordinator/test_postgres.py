@@ -19,17 +19,22 @@ from mdp_core.models import Bar, Quote
 from mdp_core.store.database import Database
 from mdp_core.store.embedded import EmbeddedServer
 from mdp_core.store.sinks import BarsSink, QuotesSink
-from tests.coordinator.conftest import open_database
 from tests.coordinator.helpers import bars, quotes
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def quote_keys(db: Database) -> tuple[set[tuple[object, ...]], int, int]:
-    rows = await db.pool.fetch("SELECT symbol, ts FROM mdp.quotes")
-    total = await db.pool.fetchval("SELECT count(*) FROM mdp.quotes")
-    distinct = await db.pool.fetchval("SELECT count(DISTINCT (symbol, ts)) FROM mdp.quotes")
-    return {(r["symbol"], r["ts"]) for r in rows}, total, distinct
+async def stored_quotes(db: Database) -> dict[tuple[object, ...], Quote]:
+    """The quotes table, as records by key (ground truth to compare with what was sent)."""
+    rows = await db.pool.fetch(
+        "SELECT symbol, ts, bid, ask, bid_size, ask_size, last, last_size, source FROM mdp.quotes"
+    )
+    stored = [Quote(**dict(r)) for r in rows]
+    return {q.key: q for q in stored}
+
+
+def as_sent(items: Sequence[Quote]) -> dict[tuple[object, ...], Quote]:
+    return {q.key: q for q in items}
 
 
 def poison(record: Quote | Bar, **fields: object) -> None:
@@ -56,9 +61,8 @@ async def test_t6_poison_quotes_in_a_10k_batch(db: Database, tmp_path: Path) -> 
         await coord.submit_many(items)
         await coord.drain()
         h = coord.health()
-    keys, total, distinct = await quote_keys(db)
-    assert keys == {q.key for q in items} - set(bad)
-    assert total == distinct == 9_997
+    stored = await stored_quotes(db)
+    assert stored == {k: q for k, q in as_sent(items).items() if k not in bad}
     assert (h.committed, h.new_rows, h.dead_lettered) == (9_997, 9_997, 3)
     assert h.workers_alive == 2 and h.worker_restarts == 0 and h.retries == 0
     records = dlq.list()
@@ -136,8 +140,7 @@ async def test_t10_disk_full_and_too_many_connections(
         h = coord.health()
     assert h.circuit_opened >= 1 and h.circuit == "closed"
     assert h.retries == 5 and h.committed == 1_000 and h.dead_lettered == 0
-    keys, total, distinct = await quote_keys(db)
-    assert keys == {q.key for q in items} and total == distinct
+    assert await stored_quotes(db) == as_sent(items)
 
 
 async def test_t2_database_down_longer_than_the_budget_then_replay(
@@ -145,7 +148,7 @@ async def test_t2_database_down_longer_than_the_budget_then_replay(
 ) -> None:
     """The database is down: batches are spooled after the retry budget; once it is back,
     replay commits them; replaying again adds nothing; the same range twice adds nothing."""
-    db = await open_database(own_server.dsn(), command_timeout=5, connect_timeout=2)
+    db = await Database.connect(own_server.dsn(), command_timeout=5, connect_timeout=2)
     try:
         dlq = DeadLetterQueue(tmp_path / "dlq")
         sink = QuotesSink(db)
@@ -179,8 +182,7 @@ async def test_t2_database_down_longer_than_the_budget_then_replay(
             dlq.put(items, RuntimeError("spooled twice"), 1)  # the same range again
             twice = await dlq.replay(sink)
             assert (twice.replayed, twice.new_rows, twice.still_failing) == (2_000, 0, 0)
-        keys, total, distinct = await quote_keys(db)
-        assert keys == {q.key for q in items} and total == distinct == 2_000
+        assert await stored_quotes(db) == as_sent(items)
     finally:
         await db.close()
 
@@ -188,7 +190,7 @@ async def test_t2_database_down_longer_than_the_budget_then_replay(
 async def test_t3_database_killed_mid_stream(own_server: EmbeddedServer, tmp_path: Path) -> None:
     """T3: stop the server immediately while the stream flows, restart it 2 s later: every
     submitted key ends in the table or the spool, no duplicate, the counts balance."""
-    db = await open_database(own_server.dsn(), command_timeout=5, connect_timeout=2)
+    db = await Database.connect(own_server.dsn(), command_timeout=5, connect_timeout=2)
     try:
         dlq = DeadLetterQueue(tmp_path / "dlq")
         sink = QuotesSink(db)
@@ -218,18 +220,18 @@ async def test_t3_database_killed_mid_stream(own_server: EmbeddedServer, tmp_pat
             h = coord.health()
         assert h.submitted == len(items) and balanced(coord)
         assert killed_at < len(items)
-        keys, total, distinct = await quote_keys(db)
+        stored = await stored_quotes(db)
         spooled = {r.record().key for r in dlq.list()}
-        assert total == distinct  # no duplicates
-        assert keys | spooled == {q.key for q in items}  # nothing lost
-        assert total >= h.committed  # everything counted committed is in the table
+        sent = as_sent(items)
+        assert all(sent[k] == q for k, q in stored.items())  # only what was sent, unchanged
+        assert stored.keys() | spooled == sent.keys()  # nothing lost
+        assert len(stored) >= h.committed  # everything counted committed is in the table
         assert h.dead_lettered == len(spooled)
 
         result = await dlq.replay(sink)
         if result.still_failing:
             result = await dlq.replay(sink)
-        keys, total, distinct = await quote_keys(db)
-        assert keys == {q.key for q in items} and total == distinct == len(items)
+        assert await stored_quotes(db) == as_sent(items)
     finally:
         await db.close()
 
@@ -267,3 +269,45 @@ async def test_the_design_example_as_written(
                 assert coord.health().committed == 1_234
             assert await db.pool.fetchval("SELECT count(*) FROM mdp.bars") == 1_234
     assert coord.dlq.count() == 0 and coord.health().state == "stopped"
+
+
+async def test_connections_cut_mid_batch_spool_nothing(db: Database, tmp_path: Path) -> None:
+    """pg_terminate_backend of the writers while they COPY or COMMIT: every cut batch is
+    retried (the outcome of a cut COMMIT is unknown; writing again is idempotent), nothing
+    reaches the spool while the retry budget lasts, and the table holds exactly what was
+    sent."""
+    from mdp_core.pipeline import STREAM_RETRY_POLICY
+
+    items = quotes(100_000, symbol="CUT")
+    dlq = DeadLetterQueue(tmp_path / "dlq")
+    settings = CoordinatorSettings(workers=2, batch_size=2_000, flush_interval=0)
+    kills = 0
+    admin = await asyncpg.connect(db.dsn)
+    try:
+        async with asyncio.timeout(90):
+            coord = WriteCoordinator(QuotesSink(db), settings, STREAM_RETRY_POLICY, dlq=dlq)
+            async with coord:
+                producer = asyncio.create_task(coord.submit_many(items))
+                seen = 0  # one cut per committed batch at most: cuts, not a dead server
+                while kills < 10 and coord.health().committed < len(items):
+                    committed = coord.health().committed
+                    if committed > seen:
+                        pids = await admin.fetch(
+                            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND application_name = 'mdp' AND state = 'active' AND "
+                            "(query LIKE 'COPY%' OR query LIKE 'INSERT%' OR query LIKE 'COMMIT%')"
+                        )
+                        for row in pids[:1]:
+                            if await admin.fetchval("SELECT pg_terminate_backend($1)", row["pid"]):
+                                kills += 1
+                                seen = committed
+                    await asyncio.sleep(0.002)  # polling the server's activity view
+                await producer
+                await coord.drain()
+            h = coord.health()
+    finally:
+        await admin.close()
+    assert kills >= 1
+    assert (h.committed, h.dead_lettered) == (len(items), 0) and h.retries >= 1
+    assert dlq.count() == 0
+    assert await stored_quotes(db) == as_sent(items)

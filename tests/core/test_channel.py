@@ -44,11 +44,43 @@ def test_conflate_keeps_newest_item_per_symbol_in_place() -> None:
     assert (s.conflated, s.dropped, s.accepted, s.delivered) == (2, 1, 5, 2)
 
 
+def test_conflate_only_when_full_a_consumer_that_keeps_up_sees_everything() -> None:
+    ch: Channel[Tick] = Channel(10, overflow="conflate")
+    ticks = [Tick("A", n) for n in range(6)] + [Tick("B", 0)]
+    for t in ticks:
+        ch.offer(t)
+    assert ch.drain_nowait() == ticks  # below its capacity the channel is plain FIFO
+    assert (ch.stats.conflated, ch.stats.dropped) == (0, 0)
+
+
 def test_conflate_with_custom_key() -> None:
-    ch: Channel[Tick] = Channel(10, overflow="conflate", key_fn=lambda t: t.n % 2)
+    ch: Channel[Tick] = Channel(2, overflow="conflate", key_fn=lambda t: t.n % 2)
     for n in range(6):
         ch.offer(Tick("A", n))
     assert [ch.get_nowait().n, ch.get_nowait().n] == [4, 5]
+
+
+def test_push_never_loses_under_block_and_asks_to_pause() -> None:
+    ch: Channel[int] = Channel(3)
+    assert [ch.push(i) for i in range(5)] == [True, True, True, False, False]
+    s = ch.stats
+    assert (s.depth, s.accepted, s.rejected, s.high_water) == (5, 5, 0, 5)
+    assert ch.drain_nowait() == [0, 1, 2, 3, 4]
+
+
+async def test_wait_for_room_returns_once_the_consumer_took_items() -> None:
+    ch: Channel[int] = Channel(2)
+    for i in range(4):
+        ch.push(i)
+    waiter = asyncio.create_task(ch.wait_for_room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    ch.get_nowait()
+    ch.get_nowait()
+    await asyncio.sleep(0)
+    assert not waiter.done()  # 2 of capacity 2: still full
+    ch.get_nowait()
+    await asyncio.wait_for(waiter, 5)
 
 
 @given(
@@ -73,6 +105,8 @@ def test_accounting_always_balances(capacity: int, overflow: str, ops: list[str 
         assert s.accepted == s.delivered + s.depth + s.dropped + s.conflated
         assert offered == s.accepted + s.rejected
         assert s.depth <= capacity and s.high_water <= capacity
+        if overflow == "conflate":  # at most one pending item per key, once full
+            assert s.conflated == 0 or len(ch) <= capacity
 
 
 async def test_put_waits_for_space_under_block() -> None:

@@ -65,17 +65,31 @@ def test_ohlc_windows_by_hand() -> None:
     assert fresh(w.add("AAA", at(30), 12.0, 1)) == []
     assert fresh(w.add("AAA", at(30), 9.0, 1)) == []  # same time: later arrival closes
     assert fresh(w.add("AAA", at(59.999999), 11.0, None)) == []  # None volume counts as 0
-    assert w.open_windows == 1
-    bars = w.add("BBB", at(60), 21.0, 1)  # the watermark reaches 60: [0, 60) closes
-    assert bars == [
-        Bar("AAA", T0, 10.0, 12.0, 9.0, 11.0, 3.0, "1m", source="test"),
-        Bar("BBB", T0, 20.0, 20.0, 20.0, 20.0, 2.0, "1m", source="test"),
+    assert w.open_windows == 2  # (window 0, AAA) and (window 0, BBB)
+    bars = w.add("BBB", at(60), 21.0, 1)  # BBB's watermark reaches 60: its [0, 60) closes
+    assert bars == [Bar("BBB", T0, 20.0, 20.0, 20.0, 20.0, 2.0, "1m", source="test")]
+    assert w.closed_through_of("BBB") == at(60) and w.closed_through_of("AAA") == T0
+    assert fresh(w.add("AAA", at(59.5), 11.5, 1)) == []  # AAA's window is still open
+    assert w.add("BBB", at(59), 1.0, 1) is None  # late for BBB: nothing changes
+    bars = w.add("AAA", at(61), 13.0, 1)
+    assert bars == [Bar("AAA", T0, 10.0, 12.0, 9.0, 11.0, 4.0, "1m", source="test")]
+    assert w.flush() == [
+        Bar("AAA", at(60), 13.0, 13.0, 13.0, 13.0, 1.0, "1m", source="test", partial=True),
+        Bar("BBB", at(60), 21.0, 21.0, 21.0, 21.0, 1.0, "1m", source="test", partial=True),
     ]
-    assert w.closed_through == at(60)
-    assert w.add("AAA", at(59), 1.0, 1) is None  # late: nothing changes
-    assert w.flush() == [Bar("BBB", at(60), 21.0, 21.0, 21.0, 21.0, 1.0, "1m", source="test")]
     assert w.flush() == []
     assert w.add("BBB", at(61), 1.0) is None  # its window was flushed
+    assert w.folded == 8
+
+
+def test_a_far_future_event_of_one_symbol_makes_no_other_symbol_late() -> None:
+    w = OhlcWindows("1m")
+    at = lambda s: T0 + timedelta(seconds=s)  # noqa: E731
+    assert fresh(w.add("AAA", at(0), 10.0)) == []
+    assert fresh(w.add("ZZZ", at(86_400 * 365), 1.0)) == []  # a year ahead: a bad clock
+    assert fresh(w.add("AAA", at(30), 11.0)) == []  # not late
+    assert [b.symbol for b in fresh(w.add("AAA", at(60), 12.0))] == ["AAA"]
+    assert w.watermark_of("AAA") == at(60) and w.watermark == at(86_400 * 365)
 
 
 def test_open_is_the_earliest_event_and_close_the_latest_whatever_the_arrival_order() -> None:
@@ -84,7 +98,7 @@ def test_open_is_the_earliest_event_and_close_the_latest_whatever_the_arrival_or
     for s, price in [(20, 2.0), (10, 1.0), (40, 4.0), (30, 3.0), (10, 1.5), (40, 4.5)]:
         assert fresh(w.add("AAA", at(s), price)) == []
     # ties: first arrival at t=10 stays the open; last arrival at t=40 is the close
-    assert w.flush() == [Bar("AAA", T0, 1.0, 4.5, 1.0, 4.5, 0.0, "1m")]
+    assert w.flush() == [Bar("AAA", T0, 1.0, 4.5, 1.0, 4.5, 0.0, "1m", partial=True)]
 
 
 def test_watermark_is_max_event_time_minus_lateness_and_never_regresses() -> None:
@@ -152,7 +166,9 @@ def test_bar_windows_weight_vwap_and_sum_trade_counts() -> None:
     w.add(Bar("BBB", at(5), 5, 6, 5, 6, 10, "5s", vwap=None, trade_count=2))  # and no vwap
     w.add(Bar("CCC", at(0), 5, 5, 5, 5, 0, "5s", vwap=5.0))  # zero volume: no vwap
     aaa, bbb, ccc = w.flush()
-    assert aaa == Bar("AAA", T0, 10, 12, 9, 11, 400, "1m", vwap=10.75, trade_count=7, source="x")
+    assert aaa == Bar(
+        "AAA", T0, 10, 12, 9, 11, 400, "1m", vwap=10.75, trade_count=7, source="x", partial=True
+    )  # flushed before its window's last 5-second bar: partial
     assert (bbb.vwap, bbb.trade_count, bbb.volume) == (None, None, 20.0)
     assert ccc.vwap is None
 
@@ -197,11 +213,14 @@ def ordered_events(draw: st.DrawFn, max_size: int = 50) -> tuple[str, list[Event
 
 
 def _check_bars(bars: list[Bar], window: str) -> None:
-    """Invariants of any output: OHLC order, deterministic order, one bar per key."""
+    """Invariants of any output: OHLC order, each symbol's bars in window order, one bar per
+    key."""
     for bar in bars:
         assert bar.low <= bar.open <= bar.high and bar.low <= bar.close <= bar.high
         assert bar.resolution == window
-    assert [(b.ts, b.symbol) for b in bars] == sorted((b.ts, b.symbol) for b in bars)
+    for symbol in {b.symbol for b in bars}:
+        starts = [b.ts for b in bars if b.symbol == symbol]
+        assert starts == sorted(starts)
     assert len({b.key for b in bars}) == len(bars)
 
 
@@ -243,24 +262,29 @@ def test_out_of_order_within_lateness_gives_the_sorted_result(
     lateness = lateness_us / 1e6
     shuffled = run(lambda: ohlc(from_list(arrival), window, lateness, stats=stats))
     in_order = run(lambda: ohlc(from_list(by_time), window, lateness))
-    assert shuffled == in_order
+    assert sorted(shuffled, key=_key) == sorted(in_order, key=_key)
     assert bar_rows(shuffled) == pandas_ohlc(by_time, window)
     assert stats.late == 0
     _check_bars(shuffled, window)
 
 
+def _key(bar: Bar) -> tuple[datetime, str]:
+    return (bar.ts, bar.symbol)
+
+
 def _late_reference(arrival: list[Event], window: str, lateness_us: int) -> list[Event]:
-    """Which events must be late: their window starts before the last closed boundary."""
+    """Which events must be late: their window starts before their symbol's last closed
+    boundary."""
     width = RESOLUTIONS[window] * 1_000_000
-    max_us: int | None = None
+    max_us: dict[str, int] = {}
     late = []
     for e in arrival:
         us = (e[1] - T0) // timedelta(microseconds=1)
-        if max_us is not None:
-            closed_through = (max_us - lateness_us) // width * width
+        if e[0] in max_us:
+            closed_through = (max_us[e[0]] - lateness_us) // width * width
             if us // width * width < closed_through:
                 late.append(e)
-        max_us = us if max_us is None else max(max_us, us)
+        max_us[e[0]] = max(max_us.get(e[0], us), us)
     return late
 
 
@@ -320,13 +344,11 @@ def test_results_do_not_depend_on_how_the_input_is_chunked(
 
     direct = run(lambda: ohlc(from_list(events), window, 1.0))
     assert asyncio.run(through_channel()) == direct
-    # and straight through the window class, in arbitrary add/advance slices
+    # and straight through the window class
     w = OhlcWindows(window, allowed_lateness=1.0)
     sliced: list[Bar] = []
     for e in events:
         sliced.extend(w.add(*e) or [])
-        if seed % 2:
-            sliced.extend(w.advance(e[1]))
     sliced.extend(w.flush())
     assert sliced == direct
 
@@ -341,7 +363,7 @@ async def test_invalid_events_are_counted_and_skipped() -> None:
     ]
     stats = OperatorStats()
     bars = await collect(ohlc(from_list(events), "1m", stats=stats))
-    assert bars == [Bar("AAA", T0, 10.0, 13.0, 10.0, 13.0, 2.0, "1m")]
+    assert bars == [Bar("AAA", T0, 10.0, 13.0, 10.0, 13.0, 2.0, "1m", partial=True)]
     assert (stats.seen, stats.aggregated, stats.invalid, stats.late) == (5, 2, 3, 0)
 
 
@@ -366,8 +388,9 @@ async def test_resample_ohlc_design_example_on_quotes() -> None:
     assert bars == [
         Bar("AAPL", T0, 10.0, 11.0, 9.5, 9.5, 4.0, "1m", source="synthetic"),
         Bar(
-            "AAPL", T0 + timedelta(minutes=1), 12.0, 12.0, 12.0, 12.0, 5.0, "1m", source="synthetic"
-        ),
+            "AAPL", T0 + timedelta(minutes=1), 12.0, 12.0, 12.0, 12.0, 5.0, "1m",
+            source="synthetic", partial=True,
+        ),  # fmt: skip
     ]
 
 
@@ -412,7 +435,7 @@ async def test_resample_bars_5s_to_1m_by_hand() -> None:
     out = await collect(resample_bars(from_list(five), "1m"))
     assert out == [
         Bar("AAA", T0, 10, 66, 9, 65.5, 12, "1m"),
-        Bar("AAA", at(60), 70, 76, 69, 75.5, 2, "1m"),
+        Bar("AAA", at(60), 70, 76, 69, 75.5, 2, "1m", partial=True),  # 2 of its 12 bars
     ]
 
 
@@ -459,12 +482,12 @@ async def test_idle_timeout_emits_open_windows_while_the_upstream_is_silent() ->
     async with asyncio.timeout(10):
         first = await anext(stream)
         assert silent.is_set() and not gate.is_set()  # emitted during the silence
-        assert first == Bar("AAA", T0, 10.0, 11.0, 10.0, 11.0, 2.0, "1m")
+        assert first == Bar("AAA", T0, 10.0, 11.0, 10.0, 11.0, 2.0, "1m", partial=True)
         assert clock.now == 5.0  # exactly idle_timeout after the last item
         assert stats.emitted == 1 and stats.seen == 2
         gate.set()
         rest = await collect(stream)
-    assert rest == [Bar("AAA", at(60), 13.0, 13.0, 13.0, 13.0, 1.0, "1m")]
+    assert rest == [Bar("AAA", at(60), 13.0, 13.0, 13.0, 13.0, 1.0, "1m", partial=True)]
     assert late == [("AAA", at(20), 12.0, 1.0)]
     assert (stats.seen, stats.aggregated, stats.late, stats.emitted) == (4, 3, 1, 2)
 
@@ -497,8 +520,9 @@ async def test_idle_timeout_keeps_an_in_flight_item() -> None:
         assert fetching.is_set() and flushed.symbol == "AAA"
         release.set()
         rest = await collect(stream)
-    assert rest == []  # BBB arrived in the flushed window: late, but not lost
-    assert (stats.seen, stats.late, stats.aggregated) == (2, 1, 1)
+    # BBB's window is its own (watermarks are per symbol): not late, and not lost
+    assert [(b.symbol, b.partial) for b in rest] == [("BBB", True)]
+    assert (stats.seen, stats.late, stats.aggregated) == (2, 0, 2)
 
 
 # -- argument errors -----------------------------------------------------------------------

@@ -106,8 +106,9 @@ async def test_spy_replayed_into_hourly_bars_equals_pandas_resample() -> None:
     assert {b.symbol for b in bars} == {"SPY"} and {b.resolution for b in bars} == {"1h"}
     (only,) = stats.values()
     assert (only.provider, only.native_resolution, only.state) == ("replay", "1m", "finished")
-    assert only.pumped == 320 and only.channel.accepted == 320
-    assert only.resample is not None and only.resample["seen"] == 14_180
+    # counted at the edge in the provider's 1-minute bars: 320 hourly bars stand for them
+    assert only.received == 14_180 and only.channel.accepted == 320
+    assert only.dropped == {"resampled": 14_180 - 320}
 
 
 async def test_resampling_a_synthetic_stream_matches_its_own_aggregation() -> None:
@@ -137,7 +138,7 @@ async def test_quotes_to_channel_pumps_everything_then_closes() -> None:
         quotes = await drain(channel)
         (stats,) = rt.stats().values()
     assert len(quotes) == 1_000 and all(isinstance(q, Quote) for q in quotes)
-    assert channel.closed and stats.state == "finished" and stats.pumped == 1_000
+    assert channel.closed and stats.state == "finished" and stats.received == 1_000
     assert stats.channel.high_water <= 16  # bounded: the pump waited for the consumer
 
 
@@ -209,7 +210,9 @@ async def test_stop_releases_a_pump_blocked_on_a_full_channel() -> None:
         while len(channel) < 4:  # fill it; nobody consumes
             await asyncio.sleep(0)
         await rt.stop()
-    assert channel.closed and len(await drain(channel)) == 4  # buffered items stay readable
+    (stats,) = rt.stats().values()
+    # the pump's record in hand went in past the capacity rather than be cancelled away
+    assert channel.closed and len(await drain(channel)) == 5 == stats.received
 
 
 async def test_leaving_the_context_stops_a_live_stream_cleanly() -> None:
@@ -276,4 +279,6 @@ async def test_a_consumer_closing_its_channel_stops_the_provider() -> None:
         async with asyncio.timeout(10):
             await sources[0].stopped.wait()  # the runtime stopped the provider
         (stats,) = rt.stats().values()
-        assert stats.state == "stopped" and stats.pumped < 50
+        assert stats.state == "stopped" and stats.received < 50
+        # what arrived after the consumer gave up is counted, not silently gone
+        assert stats.received == stats.channel.accepted + stats.dropped.get("closed", 0)

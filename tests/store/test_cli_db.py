@@ -42,7 +42,7 @@ def test_embedded_lifecycle(outside_home: Path) -> None:
         code, out = _mdp("status")
         assert code == 0, out
         assert f"pid {server.status().pid}" in out
-        assert "schema:   version 1" in out
+        assert "schema:   version 2" in out
         assert "mdp.quotes: 0" in out
 
         code, out = _mdp("url")

@@ -39,7 +39,7 @@ def wait_for_line(proc: subprocess.Popen[str], needle: str) -> list[str]:
     raise AssertionError(f"process ended before {needle!r}:\n{''.join(seen)}")
 
 
-def test_sigterm_drains_and_rows_plus_dlq_equal_emitted(fresh_dsn: str, tmp_path: Path) -> None:
+def test_sigterm_drains_and_rows_plus_dlq_equal_received(fresh_dsn: str, tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     proc = start_stream(fresh_dsn, tmp_path / "home", summary)
     try:
@@ -61,9 +61,10 @@ def test_sigterm_drains_and_rows_plus_dlq_equal_emitted(fresh_dsn: str, tmp_path
             await conn.close()
 
     spooled = DeadLetterQueue(tmp_path / "home" / "dlq").count()
-    assert counters["emitted"] > 0
-    assert asyncio.run(rows()) + spooled == counters["emitted"]
-    assert f"emitted {counters['emitted']:,}" in out
+    assert counters["received"] > 0 and counters["balanced"] is True
+    assert counters["dropped"] == {}
+    assert asyncio.run(rows()) + spooled == counters["received"]
+    assert f"received {counters['received']:,}" in out
 
 
 def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:

@@ -41,10 +41,10 @@ async def test_runs_until_max_seconds_then_drains_and_balances(fresh_dsn: str) -
         pipeline = Pipeline(synthetic_spec(), db, heartbeat_interval=0.2)
         stats = await asyncio.wait_for(pipeline.run(max_seconds=1.0), 30)
         assert stats.state == "finished" and stats.balanced
-        assert stats.emitted > 0
-        assert stats.coordinator.dead_lettered == 0 and stats.dropped == 0
-        # every emitted quote has a distinct key, so every one is a new row
-        assert await row_count(db, "quotes") == stats.emitted == stats.coordinator.new_rows
+        assert stats.received > 0
+        assert stats.coordinator.dead_lettered == 0 and stats.dropped == {}
+        # every received quote has a distinct key, so every one is a new row
+        assert await row_count(db, "quotes") == stats.received == stats.coordinator.new_rows
         beats = await db.pool.fetch(
             "SELECT counters FROM mdp.stream_heartbeats WHERE stream = $1 ORDER BY ts", "s1"
         )
@@ -60,8 +60,8 @@ async def test_request_stop_drains_everything_in_flight(fresh_dsn: str) -> None:
         await wait_until(lambda: run.done() or pipeline.snapshot().coordinator.committed >= 2_000)
         pipeline.request_stop()
         stats = await asyncio.wait_for(run, 30)
-        assert stats.balanced and stats.emitted >= 2_000
-        assert await row_count(db, "quotes") == stats.emitted
+        assert stats.balanced and stats.received >= 2_000
+        assert await row_count(db, "quotes") == stats.received
 
 
 async def test_cancelling_run_drains_like_a_stop(fresh_dsn: str, tmp_path: Path) -> None:
@@ -76,9 +76,9 @@ async def test_cancelling_run_drains_like_a_stop(fresh_dsn: str, tmp_path: Path)
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(run, 30)
         stats = pipeline.snapshot()
-        assert stats.emitted > 0 and stats.channel.depth == 0
+        assert stats.received > 0 and stats.channel.depth == 0
         assert stats.balanced, stats.counters()
-        assert await row_count(db, "quotes") + dlq.count() == stats.emitted
+        assert await row_count(db, "quotes") + dlq.count() == stats.received
         assert stats.state == "failed" and "CancelledError" in (stats.error or "")
 
 
@@ -86,7 +86,7 @@ async def test_second_writer_for_the_same_stream_is_refused(fresh_dsn: str) -> N
     async with Database.connect(fresh_dsn) as db:
         first = Pipeline(synthetic_spec("solo"), db)
         run = asyncio.create_task(first.run())
-        await wait_until(lambda: run.done() or first.snapshot().emitted > 0)
+        await wait_until(lambda: run.done() or first.snapshot().received > 0)
         with pytest.raises(LockHeldError, match="mdp:stream:solo"):
             await Pipeline(synthetic_spec("solo"), db).run(max_seconds=1)
         first.request_stop()
@@ -124,7 +124,7 @@ async def test_provider_failure_is_raised_after_the_drain(fresh_dsn: str) -> Non
             await asyncio.wait_for(pipeline.run(), 30)
         stats = pipeline.snapshot()
         assert stats.state == "failed" and "upstream went away" in (stats.error or "")
-        assert stats.balanced and stats.emitted == 50
+        assert stats.balanced and stats.received == 50
         assert await row_count(db, "quotes") == 50  # what came before the failure landed
 
 
@@ -142,7 +142,7 @@ async def test_dedupe_drops_are_counted_in_the_accounting(fresh_dsn: str, tmp_pa
     )
     async with Database.connect(fresh_dsn) as db:
         stats = await Pipeline(spec, db, registry=registry, dlq=DeadLetterQueue(tmp_path)).run()
-    assert (stats.emitted, stats.duplicates, stats.coordinator.submitted) == (100, 90, 10)
+    assert (stats.received, stats.dropped, stats.coordinator.submitted) == (100, {"dedupe": 90}, 10)
     assert stats.balanced
 
 
@@ -233,7 +233,7 @@ async def test_lock_is_reacquired_after_a_database_restart(own_server, tmp_path:
         stats = await asyncio.wait_for(run, 60)
         assert stats.balanced
         spooled = DeadLetterQueue(tmp_path).count()
-        assert await row_count(db, "quotes") + spooled == stats.emitted
+        assert await row_count(db, "quotes") + spooled == stats.received
 
 
 async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -249,9 +249,10 @@ async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path
         second = Pipeline(synthetic_spec("taken"), db, dlq=DeadLetterQueue(tmp_path / "2"))
         second_run = asyncio.create_task(second.run())
         await wait_until(lambda: second.holds_lock)
-        await first.check_lock()  # finds the lock taken: stops and drains
         with pytest.raises(LockHeldError):
-            await asyncio.wait_for(run, 60)
+            await first.check_lock()  # finds the lock taken: asks the stream to stop
+        with pytest.raises(LockHeldError):
+            await asyncio.wait_for(run, 60)  # which drains, then fails
         assert first.snapshot().balanced
         second.request_stop()
         assert (await asyncio.wait_for(second_run, 60)).balanced

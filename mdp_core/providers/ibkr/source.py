@@ -10,7 +10,12 @@ What it does (the class docstring lists the knobs):
   ones are reported together, once; the rest stream), subscribes ``reqMktData`` (quotes) or
   ``reqRealTimeBars`` (bars);
 - copies every update into an immutable ``Quote``/``Bar`` inside ib_async's synchronous
-  callbacks and offers it to an internal bounded ``Channel``; ``stream()`` reads it;
+  callbacks, where it is counted as received, and hands it to the stream's ``Edge`` (the
+  runtime's one channel: the source keeps no buffer of its own). The callbacks cannot
+  wait: when the channel is full, quotes conflate per symbol (the default policy for
+  quotes: the latest wins, counted) and under ``block`` (bars) the source stops reading
+  its socket until the consumer made room, so TCP holds the gateway back and nothing is
+  dropped; memory stays bounded by the channel plus one socket read;
 - survives what IB does in real life (reliability.md T12): a dropped socket (reconnect with
   jittered exponential backoff, re-qualify, resubscribe, backfill missed bars from history),
   error 1101 (resubscribe on the same connection), 1102 after a lost link and a
@@ -30,11 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from mdp_core.channel import Channel, ChannelClosed, Overflow
+from mdp_core.channel import Channel, Overflow
 from mdp_core.coordinator import RetryPolicy
+from mdp_core.edge import Edge
 from mdp_core.logs import logger
-from mdp_core.models import Bar, Quote, Record, resolution_seconds
-from mdp_core.operators import OperatorStats, resample_bars
+from mdp_core.models import Bar, Quote, Record, parse_resolution, resolution_seconds
 from mdp_core.providers.base import ProviderError, ProviderSource
 from mdp_core.providers.ibkr.compat import IBLibrary, load_ib_library
 from mdp_core.providers.ibkr.connection import connect_ib
@@ -56,7 +61,8 @@ WHAT_TO_SHOW = ("TRADES", "MIDPOINT", "BID", "ASK")
 _ONE_US = timedelta(microseconds=1)
 _INF = math.inf
 _BACKFILL_MARGIN = 60  # extra seconds asked for, so the request surely reaches the last bar
-_LOG_EVERY = 10.0  # seconds between repeated warnings (full channel, invalid records)
+_LOG_EVERY = 10.0  # seconds between repeated warnings (paused reading, invalid records)
+_SPLIT: set[int] = set()  # id() of the ``hasData`` events whose reads we split already
 # Notices that need no reaction: 200 (qualification reports it), 300 (cancelling a
 # subscription IB already dropped), 326 (connect_ib reports it), farm OK/inactive notices,
 # 10225 (ib_async resubscribes bars after a bust event itself).
@@ -75,25 +81,24 @@ class IBKRIssue:
     symbols: tuple[str, ...] = ()
 
 
-class IBKRStreamSource(ProviderSource):
-    """Quotes or 5-second bars (resampled to ``bar_resolution``) from IB via ib_async.
+class IBKRStreamSource(ProviderSource[Record]):
+    """Quotes or 5-second bars from IB via ib_async (its native resolution is ``5s``; the
+    runtime folds them into a coarser ``bar_resolution``).
 
     Args:
         symbols: up to ``ibkr_settings.max_lines`` symbols (one market-data line each);
             more raise ``ValueError`` (split them over several streams and client ids).
         mode: ``"quotes"`` (``reqMktData``) or ``"bars"`` (``reqRealTimeBars``).
-        bar_resolution: resolution of the bars ``stream()`` yields; a multiple of ``5s``
-            (IB's real-time bars); coarser ones are rolled up with ``resample_bars``.
+        bar_resolution: the stream's resolution; a multiple of ``5s`` (IB's real-time bars).
+            The source delivers 5-second bars; coarser ones are rolled up at the stream's
+            edge (the runtime's, or the source's own when used without a runtime).
         ibkr_settings: host, port, client id, timeouts, backoff, watchdog (``MDP_IBKR_*``).
         provider: an ``ib_async.IB`` to use (None: a new one). If it is already connected
             it is used as is and left connected by ``stop()``.
         graceful_cancel_timeout: seconds ``stop()`` may take to cancel and disconnect.
-        channel_capacity, channel_overflow: the internal channel between ib_async's
-            callbacks and ``stream()``. Callbacks cannot wait, so under ``"block"`` (the
-            default) a full channel *rejects* the record; rejections are counted in
-            ``stats()["rejected"]`` and logged, never silent. The large default capacity
-            (100 000 records) absorbs any consumer hiccup; ``"conflate"`` keeps only the
-            latest pending quote per symbol instead (no rejections; counted as conflated).
+        channel_capacity, channel_overflow: the channel ``stream()`` reads when the source
+            is used on its own, without a runtime (which otherwise attaches the stream's
+            edge). ``channel_overflow=None``: ``conflate`` for quotes, ``block`` for bars.
         what_to_show: ``TRADES`` (default), ``MIDPOINT``, ``BID`` or ``ASK`` (bars).
         use_rth: regular trading hours only (default ``ibkr_settings.use_rth``).
         contract_factory: symbol -> ib_async contract (default ``Stock(symbol, "SMART",
@@ -142,6 +147,8 @@ class IBKRStreamSource(ProviderSource):
     """
 
     name = "ibkr"
+    push = True
+    default_overflow = {"quotes": "conflate"}
 
     def __init__(
         self,
@@ -152,8 +159,8 @@ class IBKRStreamSource(ProviderSource):
         provider: Any = None,
         graceful_cancel_timeout: float = 5.0,
         *,
-        channel_capacity: int = 100_000,
-        channel_overflow: Overflow = "block",
+        channel_capacity: int = 10_000,
+        channel_overflow: Overflow | None = None,
         what_to_show: str = "TRADES",
         use_rth: bool | None = None,
         contract_factory: Callable[[str], Any] | None = None,
@@ -172,7 +179,8 @@ class IBKRStreamSource(ProviderSource):
         read_chunk: int | None = 2048,
         source: str = "ibkr",
     ) -> None:
-        super().__init__(symbols, mode, bar_resolution)
+        super().__init__(symbols, mode, "5s")
+        requested = parse_resolution(bar_resolution) if self.mode == "bars" else None
         settings = ibkr_settings if ibkr_settings is not None else IBKRSettings()
         if len(self.symbols) > settings.max_lines:
             raise ValueError(
@@ -180,7 +188,7 @@ class IBKRStreamSource(ProviderSource):
                 f"{settings.max_lines} market-data lines per connection (MDP_IBKR_MAX_LINES); "
                 "split them over several streams, each with its own client id"
             )
-        if self.resolution is not None and resolution_seconds(self.resolution) % BAR_SECONDS:
+        if requested is not None and resolution_seconds(requested) % BAR_SECONDS:
             raise ValueError(
                 f"bar_resolution {bar_resolution!r} is not possible from IB's 5-second "
                 "real-time bars: expected a multiple of 5s (5s, 10s, 15s, 30s, 1m, ...)"
@@ -199,7 +207,10 @@ class IBKRStreamSource(ProviderSource):
             raise ValueError(f"read_chunk {read_chunk!r}: expected bytes >= 64, or None")
         if not (isinstance(max_backfill_seconds, int) and max_backfill_seconds >= BAR_SECONDS):
             raise ValueError(f"max_backfill_seconds {max_backfill_seconds!r}: expected an int >= 5")
+        if channel_overflow is None:
+            channel_overflow = "conflate" if self.mode == "quotes" else "block"
         Channel(channel_capacity, channel_overflow)  # validates both now, not at start()
+        self._requested = requested
         self.lib: IBLibrary = load_ib_library()
         self.settings = settings
         self.graceful_cancel_timeout = float(graceful_cancel_timeout)
@@ -249,8 +260,10 @@ class IBKRStreamSource(ProviderSource):
             if state is not None and self.mode == "bars":
                 state.last_ts = ts.astimezone(UTC)
         self._by_subscription: dict[int, SymbolState] = {}  # id(Ticker or bar list) -> state
-        self._channel: Channel[Record] | None = None
-        self._resample_stats = OperatorStats()
+        self._own_edge = False  # no runtime attached an edge: start() made one
+        self._emit: Any = None  # the edge's emit (bound at start)
+        self._paused = False  # socket reading paused: the channel is full
+        self._resume_task: asyncio.Task[None] | None = None
         self._counts: Counter[str] = Counter()
         self._codes: Counter[int] = Counter()
         # req id -> the error IB reported for it: ib_async ends a failed request with an
@@ -278,7 +291,12 @@ class IBKRStreamSource(ProviderSource):
         if self.state != "new":
             raise ProviderError(f"{self!r} was already started: create a new source")
         self.state = "connecting"
-        self._channel = Channel(self.channel_capacity, self.channel_overflow)
+        if self.edge is None:  # used on its own: the source's stream() reads its own channel
+            channel: Channel[Record] = Channel(self.channel_capacity, self.channel_overflow)
+            resample = self._requested if self._requested not in (None, "5s") else None
+            self.edge = Edge(channel, resolution=resample, name=f"ibkr:{self.mode}")
+            self._own_edge = True
+        self._emit = self.edge.emit
         try:
             ib = self._ib
             if ib is None:
@@ -332,7 +350,9 @@ class IBKRStreamSource(ProviderSource):
         logger.info("ibkr: {} stopped ({})", self._where(), self._summary())
 
     async def _teardown(self) -> None:
-        """Stop the background tasks, cancel subscriptions, disconnect (if ours), detach."""
+        """Stop the background tasks, cancel subscriptions, disconnect (if ours), detach.
+        Bars held during a backfill are delivered first (a backfill cancelled here releases
+        what it has)."""
         self._stopping = True
         tasks, self._tasks = self._tasks, []
         try:
@@ -350,8 +370,10 @@ class IBKRStreamSource(ProviderSource):
             finally:
                 if ib is not None:
                     self._detach(ib)
-                if self._channel is not None:
-                    self._channel.close()
+                if self._resume_task is not None:
+                    self._resume_task.cancel()
+                if self._own_edge and self.edge is not None:
+                    self.edge.close()
 
     def _attach(self, ib: Any) -> None:
         ib.errorEvent += self._on_error
@@ -374,7 +396,7 @@ class IBKRStreamSource(ProviderSource):
             self._splitter = None
             conn.hasData -= feed
             conn.hasData += original
-            conn.hasData._mdp_split = False
+            _SPLIT.discard(id(conn.hasData))
 
     def _install_read_splitter(self, ib: Any) -> None:
         """Route socket reads through ``feed``, which hands them over in ``read_chunk``
@@ -386,7 +408,7 @@ class IBKRStreamSource(ProviderSource):
         has_data = getattr(conn, "hasData", None)
         if size is None or original is None or has_data is None:
             return
-        if getattr(has_data, "_mdp_split", False):
+        if id(has_data) in _SPLIT:  # (ib_insync's eventkit Event takes no new attributes)
             return  # another source on this IB already did it
 
         def feed(data: bytes) -> None:
@@ -399,7 +421,7 @@ class IBKRStreamSource(ProviderSource):
 
         has_data -= original
         has_data += feed
-        has_data._mdp_split = True
+        _SPLIT.add(id(has_data))
         self._splitter = (conn, original, feed)
 
     # -- consuming ---------------------------------------------------------------------
@@ -407,29 +429,12 @@ class IBKRStreamSource(ProviderSource):
     async def stream(self) -> AsyncIterator[Record]:
         """The records until ``stop()``; raises ``ProviderError`` if the source failed.
 
-        One consumer at a time (records are handed out once)."""
-        if self._channel is None:
+        It reads the stream's channel (the runtime's consumer reads it directly). One
+        consumer at a time (records are handed out once)."""
+        if self.edge is None or self._emit is None:
             raise ProviderError("IBKRStreamSource.stream() called before start()")
-        records: AsyncIterator[Any] = self._channel.iter()
-        if self.mode == "bars" and self.resolution != "5s":
-            records = resample_bars(
-                records,
-                self.resolution or "5s",
-                on_late=self._on_late_bar,
-                stats=self._resample_stats,
-                source=self.source,
-            )
-        try:
-            async for record in records:
-                yield record
-        finally:
-            aclose = getattr(records, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    def _on_late_bar(self, bar: Bar) -> None:
-        self._counts["late_bars"] += 1
-        logger.warning("ibkr: late 5s bar {} {} left out of its window", bar.symbol, bar.ts)
+        async for record in self.edge.channel.iter():
+            yield record
 
     # -- observing ---------------------------------------------------------------------
 
@@ -445,10 +450,9 @@ class IBKRStreamSource(ProviderSource):
 
     def stats(self) -> dict[str, Any]:
         """Counters: connection events, resubscriptions, backfill, duplicates, staleness,
-        errors by IB code, records emitted / rejected / invalid, and the channel."""
+        errors by IB code, records received (at the edge) and invalid, read pauses."""
         c = self._counts
-        channel = self._channel.stats if self._channel is not None else None
-        resampling = self.mode == "bars" and self.resolution != "5s"
+        edge = self.edge
         return {
             "state": self.state,
             "endpoint": self._where(),
@@ -470,11 +474,11 @@ class IBKRStreamSource(ProviderSource):
             "stale_symbols": self.stale_symbols(),
             "errors_by_code": dict(self._codes),
             "messages_received": self._messages_received(),
-            "emitted": c["emitted"],
-            "rejected": c["rejected"],
+            "received": edge.received if edge is not None else 0,
             "invalid": c["invalid"],
-            "channel": channel,
-            "resample": self._resample_stats.as_dict() if resampling else None,
+            "held": sum(len(s.held) for s in self._symbols.values()),
+            "pauses": c["pauses"],
+            "paused": self._paused,
         }
 
     def _messages_received(self) -> int:
@@ -486,9 +490,11 @@ class IBKRStreamSource(ProviderSource):
 
     def _summary(self) -> str:
         c = self._counts
+        received = self.edge.received if self.edge is not None else 0
         return (
-            f"emitted {c['emitted']}, rejected {c['rejected']}, reconnects {c['reconnects']}, "
-            f"resubscribes {c['resubscribes']}, backfilled {c['backfilled_bars']}"
+            f"received {received}, invalid {c['invalid']}, read pauses {c['pauses']}, "
+            f"reconnects {c['reconnects']}, resubscribes {c['resubscribes']}, "
+            f"backfilled {c['backfilled_bars']}"
         )
 
     def _where(self) -> str:
@@ -676,17 +682,26 @@ class IBKRStreamSource(ProviderSource):
         if error is not None:
             raise ProviderError(f"historical data request refused: {error}")
         bars = []
+        edge = self.edge
+        assert edge is not None
         for item in history or ():
             if not isinstance(item.date, datetime):
+                continue  # a daily bar (a date): not one of the 5-second bars asked for
+            try:
+                bar = bar_from_history(state.symbol, item, self.source)
+            except (TypeError, ValueError) as exc:
+                edge.receive()
+                self._invalid(state.symbol, exc)  # one bad bar: counted, the gap goes on
                 continue
-            bar = bar_from_history(state.symbol, item, self.source)
             if since < bar.ts <= complete_until:
+                edge.receive()  # history is received too: counted before it can be dropped
                 bars.append(bar)
         logger.info("ibkr: backfilled {} bar(s) of {} after {}", len(bars), state.symbol, since)
         return bars
 
     def _release_held(self, backfilled: list[Bar]) -> None:
-        """Emit the backfilled and the held live bars in time order (dropping duplicates)."""
+        """Deliver the backfilled and the held live bars in time order (duplicates are
+        dropped, counted). All of them were counted as received when they arrived."""
         merged: list[tuple[datetime, bool, Bar]] = [(b.ts, False, b) for b in backfilled]
         for state in self._symbols.values():
             merged.extend((b.ts, True, b) for b in state.held)
@@ -694,7 +709,7 @@ class IBKRStreamSource(ProviderSource):
         self._holding = False
         merged.sort(key=lambda item: (item[0], item[1]))  # history first on equal times
         for _, live, bar in merged:
-            if self._emit_bar(self._symbols[bar.symbol], bar) and not live:
+            if self._deliver_bar(self._symbols[bar.symbol], bar) and not live:
                 self._counts["backfilled_bars"] += 1
 
     def _cancel_subscriptions(self, states: list[SymbolState]) -> None:
@@ -794,8 +809,8 @@ class IBKRStreamSource(ProviderSource):
         )  # fmt: skip
         logger.error("ibkr: {}", error)
         self._issue(None, str(error))
-        if self._channel is not None:
-            self._channel.close(error)
+        if self.edge is not None:
+            self.edge.close(error)
 
     async def _watch(self) -> None:
         """Check for silent symbols a few times per ``stale_after``."""
@@ -804,7 +819,7 @@ class IBKRStreamSource(ProviderSource):
         interval = max(0.05, min(1.0, self.stale_after / 4))
         while not self._stopping:
             await asyncio.sleep(interval)
-            if self.state != "streaming" or self._holding:
+            if self.state != "streaming" or self._holding or self._paused:
                 continue
             last = {s.symbol: s.updated for s in self._symbols.values() if s.subscription}
             verdict = watchdog.check(last, self._clock())
@@ -884,6 +899,8 @@ class IBKRStreamSource(ProviderSource):
         by_sub = self._by_subscription
         now = self._clock()
         source = self.source
+        emit = self._emit
+        room = True
         for ticker in tickers:
             state = by_sub.get(id(ticker))
             if state is None:
@@ -909,14 +926,17 @@ class IBKRStreamSource(ProviderSource):
                 quote = Quote(state.symbol, ts, values[0], values[1], values[3], values[4],
                               values[2], values[5], source)  # fmt: skip
             except (TypeError, ValueError) as exc:
+                self.edge.receive()  # type: ignore[union-attr]
                 self._invalid(state.symbol, exc)
                 continue
             state.last_ts = ts
             state.last_values = values
-            self._offer(quote)
+            room = emit(quote) and room
+        if not room:
+            self._pause()
 
     def _on_bar_update(self, bars: Any, has_new_bar: bool) -> None:
-        """A new 5-second bar: copy it, trim ib_async's list, emit (or hold)."""
+        """A new 5-second bar: copy it, count it, trim ib_async's list, deliver (or hold)."""
         if not has_new_bar:
             return
         state = self._by_subscription.get(id(bars))
@@ -926,6 +946,9 @@ class IBKRStreamSource(ProviderSource):
         latest = bars[-1]
         if len(bars) > 1:
             del bars[:-1]  # ib_async's list grows forever otherwise
+        edge = self.edge
+        assert edge is not None
+        edge.receive()
         try:
             bar = bar_from_realtime(state.symbol, latest, self.source)
         except (TypeError, ValueError) as exc:
@@ -934,36 +957,58 @@ class IBKRStreamSource(ProviderSource):
         if self._holding:
             state.held.append(bar)
         else:
-            self._emit_bar(state, bar)
+            self._deliver_bar(state, bar)
 
-    def _emit_bar(self, state: SymbolState, bar: Bar) -> bool:
-        """Offer ``bar`` unless a bar of that start (or later) was emitted already."""
+    def _deliver_bar(self, state: SymbolState, bar: Bar) -> bool:
+        """Deliver a received ``bar`` unless a bar of that start (or later) was delivered
+        already (then it is dropped as a duplicate, counted); False if it was dropped."""
+        edge = self.edge
+        assert edge is not None
         if state.last_ts is not None and bar.ts <= state.last_ts:
+            edge.drop("duplicate")
             self._counts["duplicates_dropped"] += 1
             return False
         state.last_ts = bar.ts
-        self._offer(bar)
+        if not edge.deliver(bar):
+            self._pause()
         return True
 
-    def _offer(self, record: Record) -> None:
-        channel = self._channel
-        assert channel is not None
-        try:
-            accepted = channel.offer(record)
-        except ChannelClosed:
-            return  # stopping
-        if accepted:
-            self._counts["emitted"] += 1
+    # -- backpressure ------------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        """The channel is full: stop reading the socket until the consumer made room (TCP
+        then holds the gateway back). What ib_async already read is still delivered."""
+        if self._paused or self._stopping:
             return
-        self._counts["rejected"] += 1
+        transport = getattr(getattr(getattr(self._ib, "client", None), "conn", None),
+                            "transport", None)  # fmt: skip
+        if transport is None:
+            return
+        transport.pause_reading()
+        self._paused = True
+        self._counts["pauses"] += 1
         self._warn_rarely(
-            "rejected",
-            "ibkr: channel full ({} records): rejected {} record(s) so far; the consumer is "
-            "too slow (raise channel_capacity, or use channel_overflow='conflate')",
-            channel.capacity, self._counts["rejected"],
+            "paused",
+            "ibkr: the consumer is slower than {}: reading paused until it catches up "
+            "({} pause(s) so far)",
+            self._where(), self._counts["pauses"],
         )  # fmt: skip
+        self._resume_task = asyncio.create_task(self._resume_when_room(transport))
+
+    async def _resume_when_room(self, transport: Any) -> None:
+        edge = self.edge
+        assert edge is not None
+        await edge.wait_for_room()
+        self._paused = False
+        if self._watchdog is not None:  # silence while paused was ours, not the feed's
+            self._watchdog.rearm(self.symbols, self._clock())
+        if not transport.is_closing():
+            transport.resume_reading()
 
     def _invalid(self, symbol: str, exc: Exception) -> None:
+        """A received update that cannot become a record: dropped as ``invalid``, counted."""
+        assert self.edge is not None
+        self.edge.drop("invalid")
         self._counts["invalid"] += 1
         self._warn_rarely(
             "invalid", "ibkr: invalid data for {} left out ({} so far): {}",
