@@ -131,7 +131,7 @@ async def measure(
             await rt.stop()
             await consumer
             await coord.drain()
-            emitted = sum(s.pumped for s in rt.stats().values())
+            emitted = sum(s.received for s in rt.stats().values())
         health = coord.health()
 
     latencies: list[float] = []

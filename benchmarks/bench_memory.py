@@ -172,7 +172,7 @@ async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> di
                 await consumer
                 await coord.drain()
                 sampler.cancel()
-                emitted = sum(s.pumped for s in rt.stats().values())
+                emitted = sum(s.received for s in rt.stats().values())
             h = coord.health()
         rows = await db.count("quotes")
         gc.collect()

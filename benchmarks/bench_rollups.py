@@ -162,7 +162,7 @@ async def write_back(db: Database, bars: pd.DataFrame) -> None:
         bars["symbol"].tolist(), ["1m"] * n, bars["ts"].dt.to_pydatetime().tolist(),
         bars["open"].tolist(), bars["high"].tolist(), bars["low"].tolist(),
         bars["close"].tolist(), bars["volume"].tolist(), bars["vwap"].tolist(),
-        bars["trade_count"].astype("int64").tolist(), [f"rollup:{SOURCE}"] * n,
+        bars["trade_count"].astype("int64").tolist(), [f"rollup:{SOURCE}"] * n, [False] * n,
         strict=True,
     ))  # fmt: skip
     async with db.pool.acquire() as conn, conn.transaction():

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -194,17 +195,51 @@ class FaultInjector:
         return f"PostgreSQL down {down:.1f}s (immediate stop)"
 
     async def _db_stall(self, down: float) -> str:
+        async with self._frozen_postgres() as stopped:
+            await asyncio.sleep(down)
+        return f"{len(stopped)} PostgreSQL processes stopped for {down:.1f}s"
+
+    @contextlib.asynccontextmanager
+    async def _frozen_postgres(self) -> AsyncIterator[list[psutil.Process]]:
+        """Every PostgreSQL process SIGSTOPped for the block (SIGCONTed after, always)."""
         stopped: list[psutil.Process] = []
         try:
             for proc in _postgres_processes(self.server):  # the postmaster first: no new forks
                 proc.send_signal(signal.SIGSTOP)
                 stopped.append(proc)
-            await asyncio.sleep(down)
+            yield stopped
         finally:
             for proc in stopped:
                 with contextlib.suppress(psutil.Error):
                     proc.send_signal(signal.SIGCONT)
-        return f"{len(stopped)} PostgreSQL processes stopped for {down:.1f}s"
+
+    async def _db_freeze_sigterm(self, down: float) -> str:
+        targets = [s for s in self.streams if isinstance(s, CliStream) and s.sdef.mode == "quotes"]
+        async with contextlib.AsyncExitStack() as held:
+            for stream in targets:
+                await held.enter_async_context(stream.cycle)
+            return await self._freeze_and_sigterm(down, [s for s in targets if s.running])
+
+    async def _freeze_and_sigterm(self, down: float, targets: list[CliStream]) -> str:
+        async with self._frozen_postgres() as stopped:
+            await asyncio.sleep(down / 3)
+            stops = [asyncio.create_task(s.stop("sigterm in a frozen database")) for s in targets]
+            await asyncio.sleep(down - down / 3)
+        await asyncio.gather(*stops)  # the drains finish now (or spilled to the spool)
+        ended = []
+        for stream in targets:
+            run = stream.runs[-1]
+            c = run.counters
+            ended.append(
+                f"{stream.sdef.name} run {run.index} exit {run.exit_code}: received "
+                f"{c.get('received')}, dead-lettered {c.get('dead_lettered')}, dropped "
+                f"{c.get('dropped')}, balanced {run.balanced}"
+            )
+            await stream.start()
+        return (
+            f"{len(stopped)} PostgreSQL processes stopped for {down:.1f}s, SIGTERM after "
+            f"{down / 3:.1f}s; " + "; ".join(ended) + "; restarted"
+        )
 
     async def _poison(self, rows: int) -> str:
         targets = [s for s in self.streams if isinstance(s, InProcessStream) and s.running]
@@ -222,10 +257,11 @@ class FaultInjector:
         targets = [s for s in self.streams if isinstance(s, CliStream) and s.running]
 
         async def cycle(stream: CliStream) -> str:
-            await stream.stop("sigterm")
-            run = stream.runs[-1]
-            await asyncio.sleep(down)
-            await stream.start()
+            async with stream.cycle:
+                await stream.stop("sigterm")
+                run = stream.runs[-1]
+                await asyncio.sleep(down)
+                await stream.start()
             return f"{stream.sdef.name} run {run.index} exit {run.exit_code}"
 
         results = await asyncio.gather(*(cycle(s) for s in targets))

@@ -43,6 +43,9 @@ FAULT_KINDS: dict[str, str] = {
     "stream (they must be dead-lettered)",
     "sigterm": "SIGTERM to each `mdp stream` subprocess (it drains and exits), restarted "
     "`down` s later",
+    "db_freeze_sigterm": "every PostgreSQL process SIGSTOPped for `down` s; a third of the "
+    "way in, SIGTERM to the `mdp stream` quotes subprocess (a small channel and queue, a "
+    "short drain budget: it conflates, then spills to the DLQ); thawed, then restarted",
 }
 
 #: Faults of one lane run one after the other; lanes run side by side (``--overlap``).
@@ -54,6 +57,7 @@ LANES: dict[str, str] = {
     "db_restart": "database",
     "db_stall": "database",
     "sigterm": "process",
+    "db_freeze_sigterm": "database",
     "poison": "data",
 }
 
@@ -67,6 +71,7 @@ DEFAULT_RATES: dict[str, float] = {
     "db_stall": 1.0,
     "poison": 3.0,
     "sigterm": 1.0,
+    "db_freeze_sigterm": 1.0,
 }
 
 # Parameter ranges (real seconds, or rows), drawn uniformly per fault.
@@ -78,6 +83,7 @@ _DOWN: dict[str, tuple[float, float]] = {
     "db_restart": (2.0, 6.0),
     "db_stall": (2.0, 8.0),
     "sigterm": (0.5, 3.0),
+    "db_freeze_sigterm": (10.0, 20.0),
 }
 _POISON_ROWS = (1, 5)
 

@@ -6,11 +6,16 @@ compares, per stream:
 - the gateway: 5-second bars sent live and from history (``stats()``), and the bars that
   exist over the periods the stream was subscribed (``bars_between``); tick bursts sent;
 - the source: records it handed to the pipeline (the tap of in-process streams, the
-  ``emitted`` counter of ``mdp stream`` runs), poison rows pushed after them;
-- each pipeline run: emitted == committed + dead-lettered + dropped (conservation);
+  ``received`` counter of ``mdp stream`` runs, counted at the provider's edge), poison rows
+  pushed after them;
+- each pipeline run: received == committed + dead-lettered + dropped (by policy), nothing
+  pending (conservation);
 - the DLQ: records spooled by the stream, replayed, quarantined (poison), still failing;
-- the table: rows, duplicates (``count(*) - count(DISTINCT key)``), poison rows, and for
-  bars the bars missing over the covered periods and rows that differ from the gateway.
+- the table, against ground truth rather than its own primary key: for bars, the bars
+  missing over the covered periods and rows that differ from (or are unknown to) the
+  gateway's model; for quotes, complete rows whose values no tick of the gateway had; for
+  in-process streams, every row against the record the source delivered for its key;
+  poison rows.
 
 Each check becomes a ``Check`` (ok, message); the soak fails if any does not hold.
 """
@@ -40,15 +45,10 @@ _BAR_ROWS_SQL = (
     "SELECT symbol, ts, open, high, low, close, volume, vwap, trade_count FROM mdp.bars "
     "WHERE symbol = ANY($1::text[]) AND resolution = '5s' AND source <> $2"
 )
-_QUOTE_KEYS_SQL = (
-    "SELECT symbol, ts FROM mdp.quotes WHERE symbol = ANY($1::text[]) AND source <> $2"
+_QUOTE_ROWS_SQL = (
+    "SELECT symbol, ts, bid, ask, last, bid_size, ask_size, last_size FROM mdp.quotes "
+    "WHERE symbol = ANY($1::text[]) AND source <> $2"
 )
-_DUPLICATES_SQL = {
-    "bars": "SELECT count(*) - count(DISTINCT (symbol, resolution, ts)) FROM mdp.bars "
-    "WHERE symbol = ANY($1::text[])",
-    "quotes": "SELECT count(*) - count(DISTINCT (symbol, ts)) FROM mdp.quotes "
-    "WHERE symbol = ANY($1::text[])",
-}
 _HEARTBEATS_SQL = (
     "SELECT count(*) AS n, (array_agg(counters ORDER BY ts DESC))[1] AS last "
     "FROM mdp.stream_heartbeats WHERE stream = $1"
@@ -112,14 +112,17 @@ class StreamAccount:
     gateway_history_bars: int = 0  # bars sent in historical replies (backfill)
     received: int = 0  # real records the source handed to the pipeline
     poison: int = 0
-    emitted: int = 0
     committed: int = 0
     new_rows: int = 0
     dead_lettered: int = 0
     dropped: int = 0
+    dropped_by: dict[str, int] = field(default_factory=dict)
     dlq: DlqCounts = field(default_factory=DlqCounts)
     rows: int = 0
-    duplicates: int = 0
+    rows_differing: int | None = None  # in-process: rows unlike the record delivered for their key
+    unknown_quotes: int = 0  # quote rows holding a bid, ask or trade no gateway tick had
+    unknown_quote_examples: list[str] = field(default_factory=list)
+    incomplete_quotes: int = 0  # quote rows missing a side (right after a reconnect): not checked
     poison_rows_in_table: int = 0
     expected_rows: int | None = None  # count check (subprocess streams)
     keys_missing: int | None = None  # received, not in the table nor the DLQ (in-process)
@@ -253,13 +256,16 @@ async def account(
             per = stats.get(sym, {})
             acc.gateway_sent += per.get("bars" if s.mode == "bars" else "ticks", 0)
             acc.gateway_history_bars += per.get("history_bars", 0)
+        received = 0
         for run in runs:
             c = run.counters
-            acc.emitted += int(c.get("emitted", 0))
+            received += int(c.get("received", 0))
             acc.committed += int(c.get("committed", 0))
             acc.new_rows += int(c.get("new_rows", 0))
             acc.dead_lettered += int(c.get("dead_lettered", 0))
-            acc.dropped += int(c.get("dropped", 0))
+            acc.dropped += int(c.get("dropped_total", 0))
+            for policy, n in (c.get("dropped") or {}).items():
+                acc.dropped_by[policy] = acc.dropped_by.get(policy, 0) + int(n)
             for key, value in (run.source_stats or {}).items():
                 if isinstance(value, int) and not isinstance(value, bool):
                     acc.source[key] = acc.source.get(key, 0) + value
@@ -267,32 +273,78 @@ async def account(
             acc.poison = len(stream.tap.poison_sent)
             acc.received = stream.tap.received
         else:
-            acc.received = acc.emitted
+            acc.received = received
         beats = await db.pool.fetchrow(_HEARTBEATS_SQL, s.name)
         acc.heartbeats = int(beats["n"])
         acc.last_heartbeat = json.loads(beats["last"]) if beats["last"] else {}
         symbols = list(s.symbols)
-        acc.duplicates = int(await db.pool.fetchval(_DUPLICATES_SQL[s.mode], symbols))
         acc.poison_rows_in_table = await poison_rows_in_table(db, s.mode, symbols)
-        keys: set[tuple[Any, ...]]
+        stored: dict[tuple[Any, ...], tuple[Any, ...]]
         if s.mode == "bars":
             rows = await db.pool.fetch(_BAR_ROWS_SQL, symbols, POISON_SOURCE)
-            keys = {(r["symbol"], "5s", r["ts"]) for r in rows}
+            stored = {(r["symbol"], "5s", r["ts"]): _bar_row(r) for r in rows}
             _check_bars(acc, gw, rows, runs)
         else:
-            rows = await db.pool.fetch(_QUOTE_KEYS_SQL, symbols, POISON_SOURCE)
-            keys = {(r["symbol"], r["ts"]) for r in rows}
+            rows = await db.pool.fetch(_QUOTE_ROWS_SQL, symbols, POISON_SOURCE)
+            stored = {(r["symbol"], r["ts"]): _quote_row(r) for r in rows}
+            _check_quotes(acc, gw, rows, runs)
         acc.rows = len(rows)
         if isinstance(stream, InProcessStream):
             failing = {
-                r.record().key for r in stream.pipeline.dlq.list(stream=s.name) if not _is_poison(r)
+                r.record().key for r in stream.pipeline.dlq.iter(stream=s.name) if not _is_poison(r)
             }
-            acc.keys_missing = len(stream.tap.keys - keys - failing)
-            acc.keys_extra = len(keys - stream.tap.keys)
+            delivered = stream.tap.values
+            acc.keys_missing = len(delivered.keys() - stored.keys() - failing)
+            acc.keys_extra = len(stored.keys() - delivered.keys())
+            acc.rows_differing = sum(
+                1 for k, v in stored.items() if k in delivered and not _same(v, delivered[k])
+            )
         else:
             acc.expected_rows = acc.received - acc.dropped - acc.dlq.still_failing
         out.append(acc)
     return out
+
+
+def _bar_row(r: Any) -> tuple[Any, ...]:
+    return (r["open"], r["high"], r["low"], r["close"], r["volume"], r["vwap"], r["trade_count"])
+
+
+def _quote_row(r: Any) -> tuple[Any, ...]:
+    return (r["bid"], r["ask"], r["last"], r["bid_size"], r["ask_size"], r["last_size"])
+
+
+def _check_quotes(
+    acc: StreamAccount, gw: SimulatedGateway, rows: list[Any], runs: list[RunRecord]
+) -> None:
+    """Every stored quote's bid (with its size), ask (with its size) and last trade (with
+    its size) must each be one the gateway's model has for its symbol over the soak.
+
+    By sides, not whole states: a quote is the client's ticker after one socket read, and
+    a read may end between the messages of one tick (a new bid, the old ask), so a quote
+    can mix two consecutive ticks; it can never hold a value the gateway did not send.
+    Quotes carry the client's receive time, so the match is by value."""
+    times = [t for r in runs for t in (r.subscribed_sim, r.stop_sim) if t is not None]
+    if not times or not rows:
+        return
+    begin, end = min(times) - 3600, max(times) + 3600
+    sides: dict[str, tuple[set[Any], set[Any], set[Any]]] = {}
+    for r in rows:
+        bid, ask, last, bid_size, ask_size, last_size = _quote_row(r)
+        if bid is None or ask is None:
+            acc.incomplete_quotes += 1  # before a fresh subscription's first full update
+        known = sides.get(r["symbol"])
+        if known is None:
+            ticks = gw.ticks_between(r["symbol"], begin, end)
+            known = sides[r["symbol"]] = (
+                {(t.bid, t.bid_size) for t in ticks},
+                {(t.ask, t.ask_size) for t in ticks},
+                {(t.last, t.last_size) for t in ticks},
+            )
+        got = ((bid, bid_size), (ask, ask_size), (last, last_size))
+        if any(pair[0] is not None and pair not in k for pair, k in zip(got, known, strict=True)):
+            acc.unknown_quotes += 1
+            if len(acc.unknown_quote_examples) < 5:
+                acc.unknown_quote_examples.append(f"{r['symbol']} {r['ts'].isoformat()} {got}")
 
 
 def _check_bars(
@@ -355,13 +407,14 @@ def checks(
         for run in a.runs:
             c = run["counters"]
             detail = (
-                f"run {run['run']}: emitted {c.get('emitted')} = committed {c.get('committed')} "
-                f"+ dead-lettered {c.get('dead_lettered')} + dropped {c.get('dropped')}"
+                f"run {run['run']}: received {c.get('received')} = committed "
+                f"{c.get('committed')} + dead-lettered {c.get('dead_lettered')} + dropped "
+                f"{c.get('dropped_total')} {c.get('dropped') or ''}; pending {c.get('pending')}"
             )
             if run["ended"] == "failed to start":
                 # a child that exited before subscribing (gateway or database down then),
                 # retried; it may have no summary when it failed before its pipeline ran
-                ok = not c or (bool(run["balanced"]) and not c.get("emitted"))
+                ok = not c or (bool(run["balanced"]) and not c.get("received"))
                 detail = f"run {run['run']} failed to start (retried): {run['error']}"
             else:
                 ok = bool(run["balanced"]) and not run["error"]
@@ -376,8 +429,13 @@ def checks(
             f"{a.heartbeats} heartbeats; the last says state {beat.get('state')!r}, committed "
             f"{beat.get('committed')} (the final run committed {final.get('committed')})",
         ))  # fmt: skip
-        out.append(Check(f"{n}: duplicates", a.duplicates == 0,
-                         f"count(*) - count(DISTINCT key) = {a.duplicates}"))  # fmt: skip
+        if a.mode == "quotes":
+            out.append(Check(
+                f"{n}: quotes are the gateway's", a.unknown_quotes == 0,
+                f"{a.unknown_quotes} rows hold a bid, ask or trade no gateway tick had "
+                f"{a.unknown_quote_examples or ''} ({a.incomplete_quotes} rows with a side "
+                "missing)",
+            ))  # fmt: skip
         out.append(Check(
             f"{n}: dead-lettered == spooled", a.dead_lettered == a.dlq.spooled,
             f"counters say {a.dead_lettered} dead-lettered, the DLQ holds {a.dlq.spooled}",
@@ -397,9 +455,11 @@ def checks(
         ))  # fmt: skip
         if a.keys_missing is not None:
             out.append(Check(
-                f"{n}: every received record stored", a.keys_missing == 0 and a.keys_extra == 0,
-                f"{a.received} received; {a.keys_missing} neither in the table nor the DLQ; "
-                f"{a.keys_extra} rows never received",
+                f"{n}: every delivered record stored, as delivered",
+                a.keys_missing == 0 and a.keys_extra == 0 and a.rows_differing == 0,
+                f"{a.received} delivered; {a.keys_missing} neither in the table nor the DLQ; "
+                f"{a.keys_extra} rows never delivered; {a.rows_differing} rows differ from "
+                "the record delivered for their key",
             ))  # fmt: skip
         if a.expected_rows is not None:
             out.append(Check(
@@ -447,29 +507,33 @@ def render(
     ) if timeline else "(no faults)")  # fmt: skip
     lines += [
         "",
-        "## Pipeline runs (conservation: emitted == committed + dead-lettered + dropped)",
+        "## Pipeline runs (conservation: received == committed + dead-lettered + dropped)",
         "",
     ]
     run_rows = []
     for a in accounts:
         for r in a.runs:
             c = r["counters"]
+            drops = ", ".join(f"{k} {v}" for k, v in (c.get("dropped") or {}).items())
             run_rows.append([
-                a.name, r["run"], r["ended"] or "-", c.get("emitted", "-"), c.get("committed", "-"),
-                c.get("dead_lettered", "-"), c.get("dropped", "-"),
+                a.name, r["run"], r["ended"] or "-", c.get("received", "-"),
+                c.get("committed", "-"), c.get("dead_lettered", "-"),
+                f"{c.get('dropped_total', '-')}" + (f" ({drops})" if drops else ""),
                 "yes" if r["balanced"] else "NO", "-" if r["exit_code"] is None else r["exit_code"],
             ])  # fmt: skip
     lines.append(markdown_table(
-        ["stream", "run", "ended", "emitted", "committed", "dead-lettered", "dropped",
+        ["stream", "run", "ended", "received", "committed", "dead-lettered", "dropped",
          "balanced", "exit"], run_rows))  # fmt: skip
     lines += ["", "## Accounting per stream", ""]
     lines.append(markdown_table(
         ["stream", "mode", "runner", "gateway sent", "received", "poison", "committed",
-         "dead-lettered", "replayed", "quarantined", "dropped", "rows", "duplicates",
+         "dead-lettered", "replayed", "quarantined", "dropped", "rows", "not the gateway's",
          "missing bars"],
         [[a.name, a.mode, a.runner, a.gateway_sent, a.received, a.poison, a.committed,
           a.dead_lettered, a.dlq.replayed, a.dlq.quarantined_poison + a.dlq.quarantined_other,
-          a.dropped, a.rows, a.duplicates, a.missing_bars if a.mode == "bars" else "n/a"]
+          a.dropped, a.rows,
+          a.mismatched_bars + a.unknown_bars if a.mode == "bars" else a.unknown_quotes,
+          a.missing_bars if a.mode == "bars" else "n/a"]
          for a in accounts],
     ))  # fmt: skip
     for a in accounts:
@@ -497,8 +561,10 @@ def render(
                 "unchanged updates skipped; nothing while disconnected or stopped, and IB "
                 "cannot backfill quotes), so received <= sent is expected"
             )
-            lines.append(f"- table: {a.rows} rows (strict: every received quote committed, "
-                         "dead-lettered or counted dropped; no duplicates)")  # fmt: skip
+            lines.append(
+                f"- table: {a.rows} rows; {a.unknown_quotes} with a value no gateway tick had; "
+                f"dropped by policy: {a.dropped_by or 'none'}"
+            )
         if a.runner == "cli":
             ended = [r["ended"] for r in a.runs]
             lines.append(
@@ -508,7 +574,7 @@ def render(
             )
         if a.source:
             keys = ("reconnects", "resubscribes", "backfill_requests", "backfilled_bars",
-                    "duplicates_dropped", "rejected", "invalid")  # fmt: skip
+                    "duplicates_dropped", "invalid", "pauses")  # fmt: skip
             shown = ", ".join(f"{k} {a.source.get(k, 0)}" for k in keys)
             lines.append(f"- source: {shown}")
         lines.append(

@@ -1,9 +1,10 @@
 """The soak's streams: in-process ``Pipeline`` runs and ``mdp stream`` subprocesses.
 
 - ``InProcessStream`` runs a ``Pipeline`` whose provider is the real ``IBKRStreamSource``
-  wrapped by ``TappedSource``: the wrapper records the key of every record the source
-  handed over (so the end check can compare them with the table one by one) and, when
-  asked, pushes poison records (rows that break the schema's CHECKs) after a real one.
+  wrapped by ``TappedSource``: the wrapper puts a ``TapEdge`` between the source and the
+  stream's edge, which records the key of every record the source delivered (so the end
+  check can compare them with the table one by one) and, when asked, pushes poison records
+  (rows that break the schema's CHECKs) after a real one.
 - ``CliStream`` runs ``python -m mdp_core.cli stream`` (that is ``mdp stream``) as a child
   process, stops it with SIGTERM (it drains and writes ``--summary-json``) and starts it
   again; a child that exits on its own is recorded and restarted.
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 from mdp_core.coordinator import RetryPolicy
 from mdp_core.dlq import DeadLetterQueue
+from mdp_core.edge import Edge
 from mdp_core.gateway import SimulatedGateway
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record
@@ -47,6 +49,7 @@ __all__ = [
     "RunRecord",
     "StreamDef",
     "Tap",
+    "TapEdge",
     "TappedSource",
     "poison_like",
     "wait_subscribed",
@@ -136,31 +139,78 @@ class Tap:
 
     def __init__(self) -> None:
         self.received = 0  # real records (poison not included)
-        self.keys: set[tuple[Any, ...]] = set()
+        self.values: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # key -> values delivered
         self.duplicate_keys = 0  # a real record whose key was handed over before
         self.poison_pending = 0
         self.poison_sent: list[tuple[Any, ...]] = []  # keys of the poison records
         self.subscribed_sim: float | None = None
 
+    @property
+    def keys(self) -> set[tuple[Any, ...]]:
+        return set(self.values)
+
     def note(self, record: Record) -> None:
         key = record.key
-        if key in self.keys:
+        if key in self.values:
             self.duplicate_keys += 1
         else:
-            self.keys.add(key)
+            self.values[key] = _values(record)
         self.received += 1
 
 
-class TappedSource(ProviderSource):
-    """``inner`` with a tap: notes every record, appends pending poison after a real one."""
+def _values(record: Record) -> tuple[Any, ...]:
+    """A record's values in the order the soak report reads them from the table."""
+    if isinstance(record, Bar):
+        return (record.open, record.high, record.low, record.close, record.volume, record.vwap,
+                record.trade_count)  # fmt: skip
+    return (record.bid, record.ask, record.last, record.bid_size, record.ask_size,
+            record.last_size)  # fmt: skip
+
+
+class TapEdge:
+    """Stands between the IBKR source and its stream's ``Edge``: every record the source
+    delivers is noted in ``tap`` (and followed by pending poison) on its way through."""
+
+    def __init__(self, edge: Edge[Any], tap: Tap) -> None:
+        self._edge = edge
+        self._tap = tap
+
+    def __getattr__(self, name: str) -> Any:  # everything else: the real edge's
+        return getattr(self._edge, name)
+
+    def emit(self, record: Record) -> bool:
+        self._edge.receive()
+        return self.deliver(record)
+
+    def deliver(self, record: Record) -> bool:
+        tap = self._tap
+        tap.note(record)
+        room = self._edge.deliver(record)
+        while tap.poison_pending > 0:
+            tap.poison_pending -= 1
+            bad = poison_like(record)
+            tap.poison_sent.append(bad.key)
+            room = self._edge.emit(bad) and room
+        return room
+
+
+class TappedSource(ProviderSource[Record]):
+    """``inner`` (a push source) behind a ``TapEdge``."""
 
     name = "soak-ibkr"
+    push = True
 
     def __init__(self, inner: IBKRStreamSource, tap: Tap, sim_now: Callable[[], float]) -> None:
         super().__init__(inner.symbols, inner.mode, inner.resolution or "5s")
+        self.resolution = inner.resolution
+        self.default_overflow = inner.default_overflow
         self.inner = inner
         self.tap = tap
         self._sim_now = sim_now
+
+    def attach(self, edge: Edge[Any]) -> None:
+        super().attach(edge)
+        self.inner.attach(TapEdge(edge, self.tap))  # type: ignore[arg-type]
 
     async def start(self) -> None:
         await self.inner.start()
@@ -169,22 +219,8 @@ class TappedSource(ProviderSource):
     async def stop(self) -> None:
         await self.inner.stop()
 
-    async def stream(self) -> AsyncIterator[Record]:
-        records = self.inner.stream()
-        tap = self.tap
-        try:
-            async for record in records:
-                tap.note(record)
-                yield record
-                while tap.poison_pending > 0:
-                    tap.poison_pending -= 1
-                    bad = poison_like(record)
-                    tap.poison_sent.append(bad.key)
-                    yield bad
-        finally:
-            aclose = getattr(records, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def stream(self) -> AsyncIterator[Record]:
+        return self.inner.stream()
 
 
 def ibkr_settings(gw: SimulatedGateway, client_id: int) -> IBKRSettings:
@@ -325,7 +361,7 @@ class InProcessStream:
         last = last_bars_before(self.gw, self.sdef, run.stop_sim)
 
         async def holds_last_bars() -> bool:
-            return all((sym, "5s", ts) in self.tap.keys for sym, ts in last.items())
+            return all((sym, "5s", ts) in self.tap.values for sym, ts in last.items())
 
         await wait_caught_up(holds_last_bars, self.sdef)
         assert self._task is not None
@@ -342,7 +378,7 @@ class InProcessStream:
             run.error = stats.error
         if self.source is not None:
             run.source_stats = {
-                k: v for k, v in self.source.stats().items() if k not in ("channel", "resample")
+                k: v for k, v in self.source.stats().items() if isinstance(v, int | str | float)
             }
 
 
@@ -376,8 +412,13 @@ class CliStream:
             "MDP_IBKR_CONNECT_TIMEOUT": "10",
             "MDP_IBKR_RECONNECT_INITIAL_BACKOFF": "0.2",
             "MDP_IBKR_RECONNECT_MAX_BACKOFF": "2",
+            # a short drain budget: a stop in a frozen database spills to the spool
+            "MDP_COORDINATOR_DRAIN_TIMEOUT": "5",
         }
+        if sdef.mode == "quotes":  # a small queue: a frozen database backs up to the channel
+            self.env["MDP_COORDINATOR_CAPACITY"] = "2000"
         self._proc: asyncio.subprocess.Process | None = None
+        self.cycle = asyncio.Lock()  # one stop/start cycle at a time (faults may overlap)
         self._watcher: asyncio.Task[None] | None = None
         self._expect_exit = False
         self._log = workdir / f"{sdef.name}.log"
@@ -395,6 +436,7 @@ class CliStream:
             sys.executable, "-m", "mdp_core.cli", "stream",
             "--provider", "ibkr", "--mode", s.mode, "--symbols", ",".join(s.symbols),
             "--name", s.name, "--summary-json", str(self._summary_path(index)), "--quiet",
+            *(["--channel-capacity", "256"] if s.mode == "quotes" else []),
         ]  # fmt: skip
 
     async def start(self) -> None:

@@ -4,13 +4,14 @@ a health line every two seconds.
     python examples/run_dag_ibkr_to_coordinator_advanced.py --seconds 10
 
 - ``throttle(rate_limit=500)``: at most 500 bars/s towards the database; ``mode="delay"``
-  applies backpressure (the channel fills, then the provider waits) instead of dropping.
+  applies backpressure (the channel fills, then the IBKR source pauses its socket) instead
+  of dropping.
 - ``deduplicate``: a bar seen again within 60 s (same symbol and start) is dropped and
   counted. The IBKR source already de-duplicates its own bars across reconnects; this
   guards a stream merged from several sources.
 - ``DeadLetterQueue``: batches that still fail after the retries, and rows the database
   refuses, are spooled (fsynced) under $MDP_HOME/dlq; ``mdp dlq replay`` writes them later.
-- the health line: records pumped from IB, the channel depth, what the coordinator
+- the health line: records received from IB, the channel depth, what the coordinator
   committed / retried / dead-lettered, its queue and circuit breaker, and duplicates dropped.
 """
 
@@ -41,7 +42,8 @@ async def print_health(
         (stream,) = rt.stats().values()
         h = coord.health()
         print(
-            f"health: pumped {stream.pumped:,} ({stream.state}), channel {stream.channel.depth}, "
+            f"health: received {stream.received:,} ({stream.state}), "
+            f"channel {stream.channel.depth}, "
             f"committed {h.committed:,} ({h.throughput:,.0f}/s), queue {h.queue_depth}, "
             f"retries {h.retries}, dead-lettered {h.dead_lettered}, circuit {h.circuit}, "
             f"duplicates {dedupe.duplicates}",

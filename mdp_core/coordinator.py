@@ -579,9 +579,7 @@ class WriteCoordinator(Generic[T]):
         """Queue ``item``. Under ``overflow="block"`` waits while the queue is full; if
         cancelled while waiting, the item is spooled rather than lost."""
         queue = self._queue
-        if (len(queue) >= self._capacity or not self._accepting) and await self._room_for(
-            [item]
-        ):
+        if (len(queue) >= self._capacity or not self._accepting) and await self._room_for([item]):
             await self._spill_items([item])
             return
         queue.append(item)

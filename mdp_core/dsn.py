@@ -9,10 +9,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = ["DsnInfo", "describe_dsn", "mask_dsn", "mask_secrets", "scrub"]
 
 # user:password@ in any URL-style DSN, and password=... in key/value DSNs or query strings.
-# The password runs to the last "@" before the host's path or query, so one holding a raw
-# "@" (an unencoded "p@ss") is masked whole.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^\s/?#]*)@", re.I)
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<pw>'[^']*'|[^\s&;]+)", re.I)
+# A URL's password runs to the last "@" before white space, so one holding a raw "@", "#",
+# "?" or "/" (an unencoded "p@ss#1") is masked whole; an unquoted key/value password runs to
+# white space, a quoted one ('it\'s a secret', libpq's syntax) to its closing quote. When in
+# doubt, more is masked, never less.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>\S*)@", re.I)
+_KV_PASSWORD = re.compile(
+    r"(?P<head>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'?|[^\s'][^\s]*)", re.I
+)
 
 
 def mask_secrets(text: str) -> str:
@@ -72,14 +76,18 @@ def _hidden_passwords(dsn: str) -> list[str]:
     except ValueError:
         password = None
     if password:
-        found.append(password)
+        found += [password, unquote(password)]  # as written, and as a server may echo it
     # user:PASSWORD@ up to the last "@", for URLs urlsplit cannot read
     match = re.search(r"://[^:/@]*:(.*)@", dsn)
     if match and match.group(1):
         found.append(match.group(1))
-    match = re.search(r"password=([^&\s]+)", dsn, re.I)
-    if match:
-        found.append(match.group(1))
+    for match in _KV_PASSWORD.finditer(dsn):
+        value = match.group("pw")
+        found.append(value)
+        if value.startswith("'"):  # the quoted value, unquoted and unescaped
+            found.append(re.sub(r"\\(.)", r"\1", value.strip("'")))
+        else:
+            found += [v for v in (value.split("&")[0], unquote(value.split("&")[0])) if v]
     # user:PASSWORD@ in a mistyped URL ("postgresql:/u:pw@host", "postgresql//u:pw@host"),
     # which servers may echo back as a database or host name
     head, at, _ = dsn.rpartition("@")

@@ -39,7 +39,7 @@ from mdp_core.coordinator import (
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
 from mdp_core.logs import logger
-from mdp_core.models import Record, parse_resolution
+from mdp_core.models import Record, parse_resolution, resolution_timedelta
 from mdp_core.operators import OperatorStats, deduplicate, throttle
 from mdp_core.providers.base import normalize_symbols
 from mdp_core.providers.registry import ProviderRegistry
@@ -97,8 +97,9 @@ class StreamSpec(BaseModel):
     provider_options: dict[str, Any] = Field(default_factory=dict)
     channel_capacity: int = Field(8192, ge=1)
     channel_overflow: Literal["block", "drop_oldest", "conflate"] | None = Field(
-        None, description="when the channel is full; default: the provider's choice "
-        "(IBKR quotes: conflate), else block"
+        None,
+        description="when the channel is full; default: the provider's choice "
+        "(IBKR quotes: conflate), else block",
     )
     throttle: float | None = Field(None, gt=0, description="max items/s (token bucket)")
     dedupe_ttl: float | None = Field(None, gt=0, description="drop repeats within seconds")
@@ -297,9 +298,10 @@ class Pipeline:
       request too: it drains the same way, then raises ``CancelledError``. If the spool
       itself fails, ``run()`` raises ``SpoolError`` and the stats are not balanced;
     - a provider failure is raised from ``run()`` after the drain, never swallowed;
-    - an IBKR 5-second bars stream resumes where the table ends: the bars missed while no
-      stream ran (a restart, a relaunched run) are backfilled from IB's history (up to the
-      source's ``max_backfill_seconds``);
+    - an IBKR bars stream resumes where the table ends: the bars missed while no stream
+      ran (a restart, a relaunched run) are backfilled from IB's history (up to the
+      source's ``max_backfill_seconds``); a coarser bar stored ``partial`` by the last stop
+      is rebuilt from its window's 5-second bars and replaced;
     - a heartbeat row (``mdp.stream_heartbeats``) every ``heartbeat_interval`` seconds and
       ``on_progress(stats)`` every ``progress_interval`` seconds; a failing heartbeat (the
       database may be down) is logged, never fatal.
@@ -464,8 +466,7 @@ class Pipeline:
         if self._lock_conn is None or not self._lock_conn.is_closed():
             return
         logger.warning("stream {}: single-writer lock lost with its connection", self.spec.name)
-        self._lock_conn = None
-        try:
+        try:  # (the dead connection stays in _lock_conn until this succeeds: checked again)
             await self._acquire_lock()
         except LockHeldError as exc:
             logger.error("stream {}: another writer holds the lock; stopping", self.spec.name)
@@ -544,10 +545,13 @@ class Pipeline:
             **spec.provider_kwargs(),
         }
         if spec.mode == "bars":
-            if spec.provider == "ibkr" and spec.resolution == "5s":
-                # Resume where the table ends: bars missed while no stream ran are backfilled.
-                last = await self.db.last_bar_times(spec.symbols, "5s")
-                common.setdefault("resume_after", last)
+            if spec.provider == "ibkr":
+                # Resume where the table ends: bars missed while no stream ran are backfilled
+                # (for coarser bars, from the end of the last complete one, so a bar stored
+                # partial when the last run stopped is rebuilt whole and replaces it).
+                last = await self.db.last_bar_times(spec.symbols, spec.resolution)
+                width = resolution_timedelta(spec.resolution) - resolution_timedelta("5s")
+                common.setdefault("resume_after", {s: t + width for s, t in last.items()})
             bars = await runtime.bars_to_channel(spec.symbols, resolution=spec.resolution, **common)
             return bars  # type: ignore[return-value]
         quotes = await runtime.quotes_to_channel(spec.symbols, **common)

@@ -241,9 +241,7 @@ class RuntimeOrchestrator:
             if stream.state == "running":
                 stream.state = "stopped" if self._stopped else "finished"
             edge.close()
-            logger.info(
-                "stream {} {} after {} records", stream.name, stream.state, edge.received
-            )
+            logger.info("stream {} {} after {} records", stream.name, stream.state, edge.received)
         finally:
             if not channel.closed:  # BaseException (KeyboardInterrupt...): still end the stream
                 edge.close()

@@ -52,6 +52,13 @@ def _status_line(stats: PipelineStats) -> str:
     metavar="KEY=VALUE",
     help="provider keyword argument, repeatable (e.g. --option rate=50 --option path=x.csv)",
 )
+@click.option("--channel-capacity", type=int, default=None, help="records the channel holds")
+@click.option(
+    "--channel-overflow",
+    type=click.Choice(["block", "drop_oldest", "conflate"]),
+    default=None,
+    help="when the channel is full (default: the provider's choice; IBKR quotes: conflate)",
+)
 @click.option("--throttle", type=float, default=None, help="max records/s (token bucket)")
 @click.option("--dedupe-ttl", type=float, default=None, help="drop repeats within N seconds")
 @click.option("--workers", type=int, default=None, help="coordinator workers")
@@ -78,6 +85,8 @@ def stream(
     symbols: str | None,
     resolution: str,
     options: tuple[str, ...],
+    channel_capacity: int | None,
+    channel_overflow: str | None,
     throttle: float | None,
     dedupe_ttl: float | None,
     workers: int | None,
@@ -109,6 +118,9 @@ def stream(
     try:
         spec = _spec(provider, mode, symbols, resolution, options, throttle, dedupe_ttl,
                      workers, batch_size, name, config, get_settings().provider)  # fmt: skip
+        channel = {"channel_capacity": channel_capacity, "channel_overflow": channel_overflow}
+        spec = spec.model_copy(update={k: v for k, v in channel.items() if v is not None})
+        type(spec).model_validate(spec.model_dump())  # the copy is checked like the original
     except (ValueError, StreamsConfigError) as exc:
         raise click.UsageError(str(exc)) from None
     stats = asyncio.run(_run(spec, dsn, seconds, quiet))

@@ -307,6 +307,7 @@ class ReplaySource(ProviderSource):
         if self.strict:
             raise ValueError(text)
         self.stats.skipped += 1
+        self.refuse("invalid")  # counted at the stream's edge: received, then dropped
         if len(self.errors) < _MAX_KEPT_ERRORS:
             self.errors.append(text)
             logger.error("replay: {} (row skipped)", text)

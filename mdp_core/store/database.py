@@ -677,11 +677,12 @@ class Database:
     async def last_bar_times(
         self, symbols: Iterable[str], resolution: str, *, within: timedelta = timedelta(days=7)
     ) -> dict[str, datetime]:
-        """Per symbol, the start of its newest stored ``resolution`` bar (only bars from the
-        last ``within``; symbols without one are absent)."""
+        """Per symbol, the start of its newest complete stored ``resolution`` bar (partial
+        bars are not counted; only bars from the last ``within``; symbols without one are
+        absent)."""
         rows = await self.pool.fetch(
-            "SELECT symbol, max(ts) AS ts FROM mdp.bars "
-            "WHERE resolution = $1 AND symbol = ANY($2::text[]) AND ts >= $3 GROUP BY symbol",
+            "SELECT symbol, max(ts) AS ts FROM mdp.bars WHERE resolution = $1 "
+            "AND symbol = ANY($2::text[]) AND ts >= $3 AND NOT partial GROUP BY symbol",
             resolution,
             list(symbols),
             datetime.now(UTC) - within,

@@ -27,8 +27,10 @@ async def table_keys(db: Database) -> tuple[set[tuple[object, ...]], int]:
 
 
 async def proxied_database(
-    proxy: ChaosProxy, fresh_dsn: str, *, command_timeout: float
+    proxy: ChaosProxy, fresh_dsn: str, *, command_timeout: float | None = None
 ) -> Database:
+    """``Database.connect`` through the proxy; ``command_timeout`` None: the production
+    setting (``MDP_PG_COMMAND_TIMEOUT``)."""
     db = await Database.connect(
         proxy.dsn(urlsplit(fresh_dsn).path.lstrip("/")),
         command_timeout=command_timeout,
@@ -99,12 +101,16 @@ async def test_t5_a_cut_batch_is_entirely_absent(
 
 
 async def test_t4_blackhole_holds_producers_and_retries_on_schedule(
-    pg_server: EmbeddedServer, fresh_dsn: str, tmp_path: Path
+    pg_server: EmbeddedServer, fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A blackholed connection (nothing answers, nothing closes) is noticed by the command
+    timeout ``Database.connect`` gives every connection (here set the way a user does, by
+    ``MDP_PG_COMMAND_TIMEOUT``), and retried on the policy's schedule."""
+    monkeypatch.setenv("MDP_PG_COMMAND_TIMEOUT", "0.5")
     clock = FakeClock()  # the backoff schedule; the command timeouts are real
     items = quotes(6_000)
     async with asyncio.timeout(90), chaos_proxy(socket_of(pg_server)) as proxy:
-        db = await proxied_database(proxy, fresh_dsn, command_timeout=0.5)
+        db = await proxied_database(proxy, fresh_dsn)
         try:
             dlq = DeadLetterQueue(tmp_path / "dlq")
             settings = CoordinatorSettings(

@@ -16,6 +16,7 @@ from mdp_core.coordinator import (
     CoordinatorSettings,
     QueueFullError,
     RetryPolicy,
+    SpoolError,
     WriteCoordinator,
 )
 from mdp_core.dlq import DeadLetterQueue
@@ -495,3 +496,29 @@ async def test_health_reports_throughput_and_state(dlq: DeadLetterQueue) -> None
         assert data["pending"] == 0 and data["name"] == "h" and data["circuit"] == "closed"
     assert coord.health().state == "stopped"
     assert "committed=100" in repr(coord)
+
+
+async def test_a_spool_that_fails_at_close_is_reported_and_close_never_hangs(
+    dlq: DeadLetterQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink stalls and the spool is read-only: close() keeps what it could not persist,
+    counts it, raises SpoolError naming the count; a second close() raises it again at once
+    (tests/store/test_cli_stream.py does this with a real file-size limit)."""
+    gate = asyncio.Event()  # never set: a stalled database
+    sink = MemorySink(gate=gate)
+
+    def read_only(*args: object, **kwargs: object) -> int:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(dlq, "put", read_only)
+    settings = CoordinatorSettings(workers=1, batch_size=10, drain_timeout=0.05)
+    coord = WriteCoordinator(sink, settings, dlq=dlq)
+    await coord.start()
+    await coord.submit_many(quotes(25))
+    with pytest.raises(SpoolError, match="25 items could not be written to the dead-letter"):
+        await asyncio.wait_for(coord.close(), 10)
+    h = coord.health()
+    assert (h.submitted, h.committed, h.dead_lettered, h.unpersisted) == (25, 0, 0, 25)
+    assert h.pending == 25 and h.state == "stopped"
+    with pytest.raises(SpoolError):
+        await asyncio.wait_for(coord.close(), 1)  # again, at once

@@ -39,6 +39,27 @@ def test_pandas_timestamp_becomes_plain_utc_datetime() -> None:
     assert type(q.ts) is datetime and q.ts == TS
 
 
+@pytest.mark.parametrize(
+    "ts",
+    [
+        datetime(9999, 12, 31, 23, 59, tzinfo=UTC),  # overflows a day's partition bounds
+        datetime(1, 1, 1, tzinfo=UTC),  # a partition retention would never drop
+        datetime(2200, 1, 1, tzinfo=UTC),
+        datetime(1899, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5))),  # past UTC's end
+    ],
+)
+def test_timestamps_outside_a_sane_range_are_refused(ts: datetime) -> None:
+    for build in (
+        lambda: Quote("AAPL", ts, bid=1.0),
+        lambda: Bar("AAPL", ts, 1.0, 1.0, 1.0, 1.0, 1.0, "1m"),
+    ):
+        with pytest.raises(ValueError, match=r"is out of range: expected a time from 1900-01-01"):
+            build()
+    Quote("AAPL", datetime(1900, 1, 1, tzinfo=UTC), bid=1.0)  # the edges: first accepted,
+    Quote("AAPL", datetime(2199, 12, 31, 23, 59, 59, tzinfo=UTC), bid=1.0)  # last accepted
+
+
 def test_naive_timestamp_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"Quote\.ts .* is naive: expected a timezone-aware"):
         Quote("AAPL", datetime(2024, 1, 2, 14, 30))

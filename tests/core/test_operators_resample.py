@@ -388,9 +388,17 @@ async def test_resample_ohlc_design_example_on_quotes() -> None:
     assert bars == [
         Bar("AAPL", T0, 10.0, 11.0, 9.5, 9.5, 4.0, "1m", source="synthetic"),
         Bar(
-            "AAPL", T0 + timedelta(minutes=1), 12.0, 12.0, 12.0, 12.0, 5.0, "1m",
-            source="synthetic", partial=True,
-        ),  # fmt: skip
+            "AAPL",
+            T0 + timedelta(minutes=1),
+            12.0,
+            12.0,
+            12.0,
+            12.0,
+            5.0,
+            "1m",
+            source="synthetic",
+            partial=True,
+        ),
     ]
 
 

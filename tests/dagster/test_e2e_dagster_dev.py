@@ -148,9 +148,9 @@ def test_dagster_dev_supervises_a_stream(
                 )
             )
             assert counters["state"] == "finished"
-            assert counters["emitted"] > 0
-            assert counters["emitted"] == (
-                counters["committed"] + counters["dead_lettered"] + counters["dropped"]
+            assert counters["received"] > 0 and counters["balanced"] is True
+            assert counters["received"] == (
+                counters["committed"] + counters["dead_lettered"] + counters["dropped_total"]
             )
             assert sql_value(mdp_dsn, count_sql) == counters["new_rows"]
             messages = [r.user_message for r in instance.all_logs(run.run_id) if r.user_message]

@@ -61,7 +61,8 @@ def test_health_tabulates_every_stream(
     write_streams: Callable[[str], Path],
 ) -> None:
     write_streams(STREAMS)
-    live = {"state": "running", "rate": 12.5, "committed": 1000, "dead_lettered": 2, "dropped": 1}
+    live = {"state": "running", "rate": 12.5, "committed": 1000, "dead_lettered": 2,
+            "dropped_total": 1}  # fmt: skip
     heartbeats(
         store_dsn,
         [

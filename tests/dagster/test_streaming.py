@@ -57,11 +57,11 @@ def test_stream_writes_rows_and_reports_progress(
     final = metadata_values(mats[-1])
     assert final["stream"] == "syn_quotes"
     assert final["state"] == "finished"
-    for key in ("emitted", "committed", "dead_lettered", "dropped", "rate_per_s",
+    for key in ("received", "committed", "dead_lettered", "dropped", "rate_per_s",
                 "queue_depth", "dlq_depth", "dagster/last_updated_timestamp"):  # fmt: skip
         assert key in final, key
-    assert final["emitted"] > 0
-    assert final["emitted"] == final["committed"] + final["dead_lettered"] + final["dropped"]
+    assert final["received"] > 0
+    assert final["received"] == final["committed"] + final["dead_lettered"] + final["dropped"]
     assert final["new_rows"] == sql_value(store_dsn, "SELECT count(*) FROM mdp.quotes")
     # Progress counts grow; no connection details anywhere in the metadata.
     committed = [metadata_values(m)["committed"] for m in mats]
@@ -132,8 +132,8 @@ def test_interrupt_drains_with_nothing_lost(
     mats = [metadata_values(m) for m in materializations(instance, result.run_id)]
     final = mats[-1]
     assert final["state"] == "finished"
-    assert final["emitted"] > 500
-    assert final["emitted"] == final["committed"] + final["dead_lettered"] + final["dropped"]
+    assert final["received"] > 500
+    assert final["received"] == final["committed"] + final["dead_lettered"] + final["dropped"]
     assert final["dropped"] == 0 and final["dead_lettered"] == 0
     assert final["new_rows"] == sql_value(store_dsn, "SELECT count(*) FROM mdp.quotes")
     # The last heartbeat has the same, balanced counters.
@@ -219,7 +219,7 @@ def test_bars_stream_reports_bars_asset(
     assert result.success
     final = metadata_values(materializations(instance, result.run_id)[-1])
     assert materializations(instance, result.run_id)[-1].asset_key == BARS_5S.key
-    assert final["emitted"] == 400
+    assert final["received"] == 400
     assert sql_value(store_dsn, "SELECT count(*) FROM mdp.bars WHERE resolution = '5s'") == 400
 
 
@@ -252,8 +252,8 @@ def test_ibkr_stream_from_the_simulated_gateway(
     mats = materializations(instance, result.run_id)
     final = metadata_values(mats[-1])
     assert mats[-1].asset_key == asset.key
-    assert final["provider"] == "ibkr" and final["emitted"] > 0
-    assert final["emitted"] == final["committed"] + final["dead_lettered"] + final["dropped"]
+    assert final["provider"] == "ibkr" and final["received"] > 0
+    assert final["received"] == final["committed"] + final["dead_lettered"] + final["dropped"]
     rows = sql_value(store_dsn, f"SELECT count(*) FROM mdp.{table}")
     assert rows == final["new_rows"] > 0
     symbols = sql_value(store_dsn, f"SELECT array_agg(DISTINCT symbol) FROM mdp.{table}")

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from mdp_core.dlq import DeadLetterQueue
-from mdp_core.gateway import SimulatedGateway
+from mdp_core.gateway import SimulatedGateway, aggregate_bars
 from mdp_core.pipeline import Pipeline, StreamSpec
 from mdp_core.store.database import Database
 from tests.ibkr.helpers import always_open, pumps_until, settings_for
@@ -58,3 +58,34 @@ async def test_a_restarted_stream_backfills_what_it_missed(
         expected = gw.bars_between(symbol, stored[0][0], stored[-1][0].timestamp() + 5)
         # every 5-second bar of both runs and of the gap between them, exactly once
         assert stored == [(b.start, b.open, b.high, b.low, b.close, b.volume) for b in expected]
+
+
+async def test_a_coarser_bar_cut_by_a_stop_is_stored_partial_then_replaced_whole(
+    gw: SimulatedGateway, fresh_dsn: str, tmp_path: Path
+) -> None:
+    """1-minute bars from IB's 5-second bars: the minute in progress at a stop is stored
+    flagged ``partial``; the next run backfills that minute from history and the complete
+    bar replaces it. Every complete minute equals the gateway's aggregate."""
+    minute = spec(gw).model_copy(update={"resolution": "1m", "name": "resume-1m"})
+    async with asyncio.timeout(120), Database.connect(fresh_dsn) as db:
+        dlq = DeadLetterQueue(tmp_path / "dlq")
+        await run_until(gw, Pipeline(minute, db, dlq=dlq), committed=2)
+        cut = await db.pool.fetch(
+            "SELECT symbol, ts FROM mdp.bars WHERE resolution = '1m' AND partial"
+        )
+        assert {r["symbol"] for r in cut} == set(SYMBOLS)  # the minute cut by the stop
+        await run_until(gw, Pipeline(minute, db, dlq=dlq), committed=4)
+        rows = await db.pool.fetch(
+            "SELECT symbol, ts, open, high, low, close, volume, partial FROM mdp.bars "
+            "WHERE resolution = '1m' ORDER BY symbol, ts"
+        )
+    stored = {(r["symbol"], r["ts"]): r for r in rows}
+    for r in cut:  # replaced by the complete bar of the gateway's model
+        row = stored[(r["symbol"], r["ts"])]
+        start = int(r["ts"].timestamp())
+        whole = aggregate_bars(gw.bars_between(r["symbol"], start, start + 60), start, 60)
+        assert not row["partial"]
+        assert (row["open"], row["high"], row["low"], row["close"], row["volume"]) == (
+            whole.open, whole.high, whole.low, whole.close, whole.volume,
+        )  # fmt: skip
+    assert dlq.count() == 0

@@ -14,6 +14,7 @@ from mdp_core.gateway import SimulatedGateway, aggregate_bars
 from mdp_core.models import Bar, Quote
 from mdp_core.providers.base import ProviderError
 from mdp_core.providers.ibkr import IBKRStreamSource
+from mdp_core.providers.ibkr.source import _SPLIT
 from tests.ibkr.helpers import (
     TIMEOUT,
     Collector,
@@ -65,8 +66,12 @@ async def test_quotes_are_the_ticks_the_gateway_sent(gw: SimulatedGateway) -> No
         times = [q.ts for q in quotes]
         assert times == sorted(times) and len(set(times)) == len(times)  # unique keys
     stats = source.stats()
-    assert stats["emitted"] == len(records) and stats["rejected"] == 0
-    assert stats["channel"].accepted == len(records)
+    assert source.edge is not None
+    channel = source.edge.channel.stats
+    # counted in the callback: every quote received was delivered, or replaced by a newer
+    # quote of its symbol while the consumer was behind (conflated, counted)
+    assert stats["received"] == len(records) + channel.conflated
+    assert channel.accepted == stats["received"] and channel.dropped == 0
 
 
 async def test_bars_are_the_gateway_bars_every_one(gw: SimulatedGateway) -> None:
@@ -87,7 +92,7 @@ async def test_bars_are_the_gateway_bars_every_one(gw: SimulatedGateway) -> None
 async def test_coarser_bars_are_resampled_from_5s_bars(gw: SimulatedGateway) -> None:
     async with asyncio.timeout(TIMEOUT):
         source = make_source(gw, ["AAPL"], "bars", bar_resolution="1m")
-        assert source.resolution == "1m"
+        assert source.resolution == "5s"  # native: the stream's edge rolls them up
         await source.start()
         got = Collector(source)
         await got.wait_for(gw, lambda: got.count("AAPL") >= 3)
@@ -95,8 +100,9 @@ async def test_coarser_bars_are_resampled_from_5s_bars(gw: SimulatedGateway) -> 
 
     minutes = got.of("AAPL")
     assert len(minutes) >= 3
-    # the first minute began before the subscription, the last one was cut by stop()
-    for bar in minutes[1:-1]:
+    # the first minute began before the subscription: its start came from history; the
+    # last one was cut by stop()
+    for bar in minutes[:-1]:
         start = int(bar.ts.timestamp())
         parts = gw.bars_between("AAPL", start, start + 60)
         whole = aggregate_bars(parts, start, 60).to_bar(source="ibkr")
@@ -105,7 +111,10 @@ async def test_coarser_bars_are_resampled_from_5s_bars(gw: SimulatedGateway) -> 
             whole.ts, whole.open, whole.high, whole.low, whole.close, whole.volume,
             whole.trade_count,
         )  # fmt: skip
-    assert source.stats()["resample"]["late"] == 0
+        assert not bar.partial
+    assert minutes[-1].partial  # cut short by stop(): marked, so the store can replace it
+    assert source.edge is not None and source.edge.dropped.get("late", 0) == 0
+    assert source.stats()["received"] == source.edge.dropped["resampled"] + len(minutes)
 
 
 async def test_unknown_symbols_one_error_the_rest_stream(
@@ -136,16 +145,56 @@ async def test_no_known_symbol_is_a_provider_error(gw: SimulatedGateway) -> None
         assert source.state == "failed"
 
 
-async def test_a_full_channel_rejects_and_counts(gw: SimulatedGateway, logs: list[str]) -> None:
+async def test_a_slow_consumer_pauses_the_socket_and_loses_no_bar(
+    gw: SimulatedGateway, logs: list[str]
+) -> None:
+    """Bars under ``block``: when the channel is full the source stops reading its socket
+    (TCP holds the gateway back) instead of dropping; once the consumer catches up every
+    bar the gateway sent is there, once."""
     async with asyncio.timeout(TIMEOUT):
-        source = make_source(gw, SYMBOLS, "quotes", channel_capacity=5)
-        await source.start()  # nobody consumes
-        await pumps_until(gw, lambda: source.stats()["rejected"] >= 3)
-        stats = source.stats()
+        source = make_source(gw, SYMBOLS, "bars", channel_capacity=3)
+        await source.start()  # nobody consumes yet
+        await pumps_until(gw, lambda: source.stats()["paused"])
+        assert source.edge is not None and len(source.edge.channel) >= 3
+        paused_for = gw.now()
+        got = Collector(source)  # the consumer arrives: reading resumes
+        await got.wait_for(
+            gw, lambda: all(got.count(s) and got.of(s)[-1].ts.timestamp() > paused_for + 30
+                            for s in SYMBOLS)
+        )  # fmt: skip
+        await got.finish()
+    stats = source.stats()
+    assert stats["pauses"] >= 1 and any("reading paused" in m for m in logs)
+    for symbol in SYMBOLS:
+        bars = got.of(symbol)
+        assert bars == sim_bars(gw, symbol, bars)  # consecutive, none missing, same values
+    assert stats["received"] == len(got.records)  # nothing dropped, nothing pending
+    assert source.edge.dropped == {}
+
+
+async def test_quotes_conflate_per_symbol_when_the_consumer_is_behind(
+    gw: SimulatedGateway,
+) -> None:
+    """Quotes (default policy ``conflate``): a consumer that falls behind gets the latest
+    quote of each symbol, counted; the last state the gateway sent is never lost."""
+    async with asyncio.timeout(TIMEOUT):
+        source = make_source(gw, SYMBOLS, "quotes", channel_capacity=4)
+        await source.start()  # nobody consumes: the channel fills, then conflates
+        assert source.edge is not None
+        await pumps_until(gw, lambda: source.edge.channel.stats.conflated >= 50)  # type: ignore[union-attr]
+        gw.pause_data()  # no more ticks from here on
+        client = next(s.client_id for s in gw.sessions())
+        await source.ib.reqCurrentTimeAsync()  # everything sent before this was read
+        records = source.edge.channel.drain_nowait()
         await source.stop()
-    assert stats["emitted"] == 5 and stats["channel"].depth == 5
-    assert stats["channel"].rejected == stats["rejected"]
-    assert any("channel full" in m for m in logs)
+    channel = source.edge.channel.stats
+    assert not source.stats()["paused"] and channel.dropped == 0
+    assert source.stats()["received"] == channel.delivered + channel.conflated
+    for symbol in SYMBOLS:
+        sent = [tick_values(s.tick) for s in gw.sent_ticks
+                if s.client_id == client and s.tick.symbol == symbol]  # fmt: skip
+        mine = [quote_values(r) for r in records if r.symbol == symbol]
+        assert mine and mine[-1] == sent[-1]  # the latest wins
 
 
 async def test_registry_builds_it_and_runtime_streams_it(gw: SimulatedGateway) -> None:
@@ -183,7 +232,7 @@ async def test_a_connected_ib_is_used_and_left_connected(gw: SimulatedGateway) -
             assert ib.isConnected() and source.client_id == 77
             await ib.reqCurrentTimeAsync()  # the cancel has been handled once this returns
             assert [s.tick_req_ids for s in gw.sessions()] == [()]  # stop() cancelled it
-            assert not getattr(ib.client.conn.hasData, "_mdp_split", False)  # handler restored
+            assert id(ib.client.conn.hasData) not in _SPLIT  # the read splitter was removed
         finally:
             ib.disconnect()
     assert source.stats()["connects"] == 0

@@ -225,7 +225,8 @@ def test_malformed_replay_rows_are_reported_and_the_rest_stored(
     assert "5 malformed rows skipped" in result.stderr
     counters = json.loads(summary.read_text())
     assert counters["balanced"] and counters["state"] == "finished"
-    assert counters["emitted"] == counters["committed"] == counters["new_rows"] == 5
+    assert counters["received"] == 10 and counters["dropped"] == {"invalid": 5}
+    assert counters["committed"] == counters["new_rows"] == 5
     rows = sql(fresh_dsn, "SELECT symbol, ts FROM mdp.bars")
     assert sorted((r["symbol"], r["ts"].isoformat()) for r in rows) == [
         ("SPY", "2024-01-03T15:00:00+00:00"),

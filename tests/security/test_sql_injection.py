@@ -307,8 +307,10 @@ ALLOWED = {
     ("mdp_core/store/database.py", "Database.count", "sql"),
     # EMBEDDED_DATABASE is the constant "mdp"
     ("mdp_core/store/database.py", "_embedded_dsn", "f'CREATE DATABASE \"{EMBEDDED_DATABASE}\"'"),
-    # class constants of the sinks (_QUOTES_INSERT / _BARS_INSERT; STAGE_TABLES values)
+    # class constants of the sinks (_QUOTES_INSERT / _BARS_INSERT / _BARS_REPLACE_PARTIAL;
+    # STAGE_TABLES values)
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._insert_sql"),
+    ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._replace_sql"),
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
     # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),

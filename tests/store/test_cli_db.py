@@ -53,7 +53,7 @@ def test_embedded_lifecycle(outside_home: Path) -> None:
 
         code, out = _mdp("migrate")
         assert code == 0, out
-        assert "schema up to date (001_initial)" in out
+        assert "schema up to date (002_partial_bars)" in out
         assert "applied" not in out  # nothing was pending
 
         code, out = _mdp("start")  # idempotent: reuses the running server

@@ -256,3 +256,69 @@ async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path
         assert first.snapshot().balanced
         second.request_stop()
         assert (await asyncio.wait_for(second_run, 60)).balanced
+
+
+_KILL_LOCK = (
+    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+)
+
+
+async def test_the_lock_watcher_survives_unexpected_errors(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's connection is killed; re-acquiring it fails twice with an error nobody
+    planned for, then works: the watcher keeps going (with backoff), the lock is held
+    again, the stream never stopped."""
+    async with Database.connect(fresh_dsn) as db:
+        pipeline = Pipeline(
+            synthetic_spec("watch"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=0.05
+        )
+        real = pipeline._acquire_lock
+        failures = {"left": 2, "calls": 0}
+
+        async def flaky() -> None:
+            failures["calls"] += 1
+            if failures["calls"] > 1 and failures["left"]:  # not the first, at start
+                failures["left"] -= 1
+                raise RuntimeError("an unexpected error")
+            await real()
+
+        monkeypatch.setattr(pipeline, "_acquire_lock", flaky)
+        run = asyncio.create_task(pipeline.run())
+        await wait_until(lambda: pipeline.holds_lock)
+        await db.pool.execute(_KILL_LOCK)
+        await wait_until(lambda: failures["left"] == 0 and pipeline.holds_lock)
+        assert not run.done()
+        pipeline.request_stop()
+        stats = await asyncio.wait_for(run, 60)
+    assert stats.balanced and stats.error is None
+
+
+async def test_a_lock_that_cannot_be_held_stops_the_stream(
+    fresh_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Re-acquiring keeps failing for a reason other than an unreachable database: after a
+    few attempts the stream stops (drained, balanced) and fails with that error, rather
+    than writing on without its single-writer guarantee."""
+    async with Database.connect(fresh_dsn) as db:
+        pipeline = Pipeline(
+            synthetic_spec("nolock"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=0.05
+        )
+        real = pipeline._acquire_lock
+        calls = {"n": 0}
+
+        async def broken() -> None:
+            calls["n"] += 1
+            if calls["n"] > 1:  # the first acquisition, at start, works
+                raise RuntimeError("the lock cannot be taken")
+            await real()
+
+        monkeypatch.setattr(pipeline, "_acquire_lock", broken)
+        run = asyncio.create_task(pipeline.run())
+        await wait_until(lambda: pipeline.holds_lock)
+        await db.pool.execute(_KILL_LOCK)
+        with pytest.raises(RuntimeError, match="the lock cannot be taken"):
+            await asyncio.wait_for(run, 60)
+    assert calls["n"] == 1 + 5  # _LOCK_FAILURES attempts after the first
+    assert pipeline.snapshot().balanced

@@ -583,7 +583,8 @@ class IBKRStreamSource(ProviderSource[Record]):
             self._subscribe_quotes(known)
         else:
             resuming = any(s.last_ts is not None for s in known)
-            await self._subscribe_bars(known, backfill=not initial or resuming)
+            coarser = self._requested not in (None, "5s")  # build the first window whole
+            await self._subscribe_bars(known, backfill=not initial or resuming or coarser)
         if self._watchdog is not None:
             self._watchdog.rearm([s.symbol for s in known], self._clock())
 
@@ -598,12 +599,8 @@ class IBKRStreamSource(ProviderSource[Record]):
         """Subscribe real-time bars; with ``backfill``, hold the live bars, fetch each gap
         from history, then release both in time order (see the class docstring)."""
         ib = self._ib
-        gaps = (
-            [s for s in states if s.last_ts is not None or self._bars_since is not None]
-            if backfill and self.backfill
-            else []
-        )
-        self._holding = bool(gaps)
+        wanted = backfill and self.backfill
+        self._holding = wanted  # live bars wait until the gaps are known (and filled)
         backfilled: list[Bar] = []
         try:
             for state in states:
@@ -613,6 +610,9 @@ class IBKRStreamSource(ProviderSource[Record]):
                 self._by_subscription[id(bars)] = state
             if self.backfill and self._bars_since is None:
                 await self._mark_first_subscription()
+            gaps = [
+                s for s in states if s.last_ts is not None or self._bars_since is not None
+            ] if wanted else []  # fmt: skip
             if not gaps:
                 return
             # Server time once the subscriptions are sent: live bars cover every bar from the
@@ -639,16 +639,22 @@ class IBKRStreamSource(ProviderSource[Record]):
             self._release_held(backfilled)
 
     async def _mark_first_subscription(self) -> None:
-        """Note the server time of the first subscription: a symbol that misses data before
-        its first bar arrives (an outage right after the start) is backfilled from there.
-        One bar of margin, as the subscription and this request may straddle a boundary."""
+        """Note where the first subscription starts: a symbol's bars before its first live
+        bar (the rest of the stream's first window, or an outage right after the start)
+        are backfilled from there. One bar of margin, as the subscription and this request
+        may straddle a boundary."""
         try:
             async with asyncio.timeout(self.backfill_timeout):
                 server_now = await self._ib.reqCurrentTimeAsync()
         except (TimeoutError, ConnectionError, OSError) as exc:
             logger.warning("ibkr: server time not known ({}): no backfill before a first bar", exc)
             return
-        start = math.floor(server_now.timestamp() / BAR_SECONDS) * BAR_SECONDS - 2 * BAR_SECONDS
+        # From the start of the stream's window that held the bar before the one in progress
+        # (a coarser first bar is then built whole from history; for 5-second bars, one bar
+        # of margin). ``_fetch_gap`` takes the bars after ``_bars_since``.
+        window = resolution_seconds(self._requested or "5s")
+        before = server_now.timestamp() - 2 * BAR_SECONDS
+        start = math.floor(before / window) * window - BAR_SECONDS
         self._bars_since = datetime.fromtimestamp(start, UTC)
 
     async def _fetch_gap(self, state: SymbolState, server_now: datetime) -> list[Bar]:
