@@ -149,36 +149,53 @@ class Channel(Generic[T]):
                 return self._conflate_full(item)
             items.popleft()
             self._dropped += 1
-        self._append(item)
+        if self._conflate:
+            self._append_entry(item)
+            return True
+        # the hot path, inlined: append, count, wake a waiting consumer
+        items.append(item)
+        self._accepted += 1
+        if len(items) > self._high_water:
+            self._high_water = len(items)
+        if self._getters:
+            self._wake(self._getters)
         return True
 
     def push(self, item: T) -> bool:
         """Add ``item`` from a producer that cannot wait but can pause its input.
 
-        Always accepted (``ChannelClosed`` if closed). Under ``block`` a full channel takes
-        the item beyond its capacity and returns ``False``: the producer must stop its
-        input (e.g. pause reading its socket) until ``wait_for_room()`` returns; the
-        overshoot is bounded by what the producer had in hand when it paused. The other
-        policies apply as for ``offer`` and return ``True``."""
+        Always accepted (``ChannelClosed`` if closed). Under ``block`` it returns ``False``
+        once the channel is full (this item filled it, or went beyond the capacity): the
+        producer must stop its input (e.g. pause reading its socket) until
+        ``wait_for_room()`` returns; the overshoot is bounded by what the producer had in
+        hand when it paused. The other policies apply as for ``offer`` and return
+        ``True``."""
         if self._closed:
             raise ChannelClosed("push() on a closed channel")
-        if len(self._items) < self.capacity:
-            self._append(item)
-            return True
-        if self.overflow == "block":
-            self._append(item)
-            return False
-        return self.offer(item)
-
-    def _append(self, item: T) -> None:
         items = self._items
+        if len(items) >= self.capacity and self.overflow != "block":
+            return self.offer(item)
         if self._conflate:
-            key = self._key_fn(item)
-            entry = [item, key]
-            self._pending[key] = entry
-            items.append(entry)
-        else:
-            items.append(item)
+            self._append_entry(item)
+            return True
+        # the hot path, inlined: append, count, wake a waiting consumer
+        items.append(item)
+        self._accepted += 1
+        depth = len(items)
+        if depth > self._high_water:
+            self._high_water = depth
+        if self._getters:
+            self._wake(self._getters)
+        return depth < self.capacity or self.overflow != "block"
+
+    def _append_entry(self, item: T) -> None:
+        """Append under ``conflate``: an ``[item, key]`` entry, remembered as its key's
+        newest pending one."""
+        items = self._items
+        key = self._key_fn(item)
+        entry = [item, key]
+        self._pending[key] = entry
+        items.append(entry)
         self._accepted += 1
         if len(items) > self._high_water:
             self._high_water = len(items)
@@ -198,8 +215,8 @@ class Channel(Generic[T]):
         if self._pending.get(oldest_key) is oldest:
             del self._pending[oldest_key]
         self._dropped += 1
-        self._accepted -= 1  # _append counts it
-        self._append(item)
+        self._accepted -= 1  # _append_entry counts it
+        self._append_entry(item)
         return True
 
     async def put(self, item: T) -> None:

@@ -12,9 +12,8 @@ Two ways in:
   waits. Under the channel's ``block`` policy it returns ``False`` when the channel is
   full, and the provider must pause its input (stop reading its socket) until
   ``wait_for_room()``; the record itself is never refused.
-- ``await put(record)`` for a pull provider (a file, a generator): it waits for room, and
-  if it is cancelled while waiting the record still goes in (beyond the capacity) rather
-  than being lost.
+- ``await put(record)`` for a pull provider (a file, a generator): the record goes in,
+  then it waits while the channel is full; a cancellation cannot lose a record.
 
 A provider that holds records back for a while (IBKR holds live bars while it backfills a
 gap, to release both in time order) counts them with ``receive()`` when they arrive and
@@ -35,6 +34,7 @@ what the provider holds, and ``folding`` the native bars in open windows (0 afte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from mdp_core.channel import Channel, ChannelClosed
@@ -65,29 +65,34 @@ class Edge(Generic[T]):
         self._bars_out = 0  # resampled bars emitted
         self._folded_in = 0  # native bars handed to the windows (late ones included)
         self._push = channel.push
+        # where a record goes on: the channel, or the windows first (a bound method each)
+        self._deliver: Callable[[Any], bool] = (
+            channel.push if self._windows is None else self._fold
+        )
 
     # -- in -----------------------------------------------------------------------------
 
     def emit(self, record: T) -> bool:
         """Count ``record`` and hand it on without waiting; ``False``: pause your input."""
         self.received += 1
-        if self._windows is None:
-            try:
-                return self._push(record)
-            except ChannelClosed:
-                self.dropped[CLOSED] += 1
-                return True
-        return self._fold(record)
+        try:
+            return self._deliver(record)
+        except ChannelClosed:
+            self.dropped[CLOSED] += 1
+            return True
 
     async def put(self, record: T) -> None:
-        """Count ``record`` and hand it on, waiting while the channel is full."""
+        """Count ``record``, hand it on, and if that filled the channel wait for room
+        before returning (so a producer that puts one at a time never overfills it). The
+        record is in before any wait: a cancellation cannot lose it."""
         self.received += 1
-        channel = self.channel
         try:
-            if len(channel) >= channel.capacity and channel.overflow == "block":
-                await channel.wait_for_room()
-        finally:  # even if cancelled while waiting: in, beyond the capacity, never lost
-            self.deliver(record)
+            room = self._deliver(record)
+        except ChannelClosed:
+            self.dropped[CLOSED] += 1
+            return
+        if not room:
+            await self.channel.wait_for_room()
 
     def receive(self, n: int = 1) -> None:
         """Count ``n`` records that arrived and are held back for a later ``deliver``."""
@@ -95,13 +100,11 @@ class Edge(Generic[T]):
 
     def deliver(self, record: T) -> bool:
         """Hand on a record counted by ``receive`` (or ``put``); ``False``: pause input."""
-        if self._windows is None:
-            try:
-                return self._push(record)
-            except ChannelClosed:
-                self.dropped[CLOSED] += 1
-                return True
-        return self._fold(record)
+        try:
+            return self._deliver(record)
+        except ChannelClosed:
+            self.dropped[CLOSED] += 1
+            return True
 
     def drop(self, policy: str, n: int = 1) -> None:
         """``n`` received records leave by the named ``policy`` (counted)."""
