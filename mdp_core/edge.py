@@ -66,9 +66,7 @@ class Edge(Generic[T]):
         self._folded_in = 0  # native bars handed to the windows (late ones included)
         self._push = channel.push
         # where a record goes on: the channel, or the windows first (a bound method each)
-        self._deliver: Callable[[Any], bool] = (
-            channel.push if self._windows is None else self._fold
-        )
+        self._deliver: Callable[[Any], bool] = channel.push if self._windows is None else self._fold
 
     # -- in -----------------------------------------------------------------------------
 
