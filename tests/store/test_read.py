@@ -126,13 +126,19 @@ async def test_bars_of_every_resolution_come_back_equal(fresh_dsn: str) -> None:
 def test_quotes_with_null_fields_come_back_equal(fresh_dsn: str) -> None:
     quotes = quotes_with_nulls()
     asyncio.run(write(fresh_dsn, quotes=quotes))
-    frame = read_quotes(None, MIDNIGHT - timedelta(hours=1), MIDNIGHT + timedelta(hours=1),
-                        dsn=fresh_dsn)  # fmt: skip
+    frame = read_quotes(
+        None, MIDNIGHT - timedelta(hours=1), MIDNIGHT + timedelta(hours=1), dsn=fresh_dsn
+    )
     assert list(frame.columns) == list(QUOTE_COLUMNS)
     assert frame_quotes(frame) == ordered(quotes)
     assert frame["bid"].isna().sum() == sum(q.bid is None for q in quotes) > 0
-    table = read_quotes(["AAPL"], MIDNIGHT - timedelta(hours=1), MIDNIGHT + timedelta(hours=1),
-                        dsn=fresh_dsn, as_="arrow")  # fmt: skip
+    table = read_quotes(
+        ["AAPL"],
+        MIDNIGHT - timedelta(hours=1),
+        MIDNIGHT + timedelta(hours=1),
+        dsn=fresh_dsn,
+        as_="arrow",
+    )
     assert table.schema == schema_of("quotes")
     assert table.column("last").null_count == sum(
         q.last is None for q in quotes if q.symbol == "AAPL"
@@ -171,9 +177,13 @@ def test_selection_range_order_and_limit(fresh_dsn: str) -> None:
     assert first.equals(everything.head(4))
     # ISO strings with an offset, and datetimes in another zone, mean the same instants
     east = timezone(timedelta(hours=5))
-    same = read_bars(None, (start + step).astimezone(east).isoformat(),
-                     (start + 4 * step).isoformat().replace("+00:00", "Z"), "5m",
-                     dsn=fresh_dsn)  # fmt: skip
+    same = read_bars(
+        None,
+        (start + step).astimezone(east).isoformat(),
+        (start + 4 * step).isoformat().replace("+00:00", "Z"),
+        "5m",
+        dsn=fresh_dsn,
+    )
     assert len(same) == 9
     assert read_bars([], start, start + step, dsn=fresh_dsn).empty
 
@@ -221,8 +231,9 @@ def test_dsn_none_starts_and_restarts_the_embedded_server(outside_home: Path) ->
 async def test_sync_read_works_inside_a_running_event_loop(fresh_dsn: str) -> None:
     """A notebook cell runs inside an event loop: the sync call must still work there."""
     await write(fresh_dsn, bars_at("1d"))
-    frame = read_bars(None, MIDNIGHT - timedelta(days=3), MIDNIGHT + timedelta(days=5), "1d",
-                      dsn=fresh_dsn)  # fmt: skip
+    frame = read_bars(
+        None, MIDNIGHT - timedelta(days=3), MIDNIGHT + timedelta(days=5), "1d", dsn=fresh_dsn
+    )
     assert len(frame) == 24
     quotes = await aread_quotes("AAPL", MIDNIGHT, MIDNIGHT + timedelta(days=1), dsn=fresh_dsn)
     assert quotes.empty
@@ -285,8 +296,9 @@ def test_an_unknown_resolution_lists_the_allowed_and_the_stored_ones(fresh_dsn: 
 
 def test_hostile_resolution_is_refused_before_any_sql(fresh_dsn: str) -> None:
     with pytest.raises(ValueError, match=r"unknown resolution \"1m'; DROP TABLE mdp.bars; --\""):
-        read_bars(None, NOW, NOW + timedelta(hours=1), "1m'; DROP TABLE mdp.bars; --",
-                  dsn=fresh_dsn)  # fmt: skip
+        read_bars(
+            None, NOW, NOW + timedelta(hours=1), "1m'; DROP TABLE mdp.bars; --", dsn=fresh_dsn
+        )
     assert read_bars(None, NOW, NOW + timedelta(hours=1), dsn=fresh_dsn).empty  # table intact
 
 
