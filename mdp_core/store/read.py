@@ -4,7 +4,9 @@
 running event loop too); ``aread_bars`` / ``aread_quotes`` are their async twins. ``dsn=None``
 means what ``Database.connect()`` means: ``MDP_PG_DSN`` when set, else the embedded server
 under ``MDP_HOME`` (started if needed); the schema is created if missing, so a fresh
-database reads as empty.
+database reads as empty. Which database that is gets worked out once per process (again if
+it stops answering), and a connection is kept for the next read: a small read costs a few
+milliseconds.
 
 Guarantees:
 - rows with ``ts`` in ``[start, end)`` (UTC), for the given symbols (one, several, or all),
