@@ -209,6 +209,11 @@ def write_atomically(table: pa.Table, final: Path, fmt: Format) -> int:
 # -- exporting a range ------------------------------------------------------------------------
 
 
+def _check_format(fmt: object) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r} is invalid: expected one of {', '.join(FORMATS)}")
+
+
 def export_days(
     reader: ArrowReader,
     request: ReadRequest,
@@ -219,17 +224,15 @@ def export_days(
 ) -> ExportResult:
     """Export ``request`` (validated; its ``limit`` is ignored) day by day with ``reader``
     (see the module's guarantees); ``on_day`` is called after each day (``DayCallback``)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format {fmt!r} is invalid: expected one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     out = Path(out).expanduser().resolve()
     exported: list[ExportedDay] = []
-    dropped = {"resolution"} if request.table == "bars" else set()
     whole = replace(request, limit=None)
     days = list(_days(request.start, request.end))
     for day, lo, hi in days:
         table = reader.read(whole.within(lo, hi))
-        if dropped:
-            table = table.drop_columns(sorted(dropped))
+        if request.table == "bars":
+            table = table.drop_columns(["resolution"])  # it is in the path
         if table.num_rows == 0:
             entry = ExportedDay(day, 0, None, 0)
         else:
@@ -252,6 +255,7 @@ def _export(
     dsn: str | None,
     on_day: DayCallback | None,
 ) -> ExportResult:
+    _check_format(fmt)
     with ArrowReader(dsn) as reader:
         if isinstance(request, UnknownResolutionError):
             raise UnknownResolutionError(request.value, reader.resolutions_present())

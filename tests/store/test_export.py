@@ -103,6 +103,22 @@ def test_quotes_with_nulls_export_to_parquet_and_csv(fresh_dsn: str, tmp_path: P
     assert text["ts"].tolist() == frame["ts"].tolist()
 
 
+def test_bad_format_and_range_are_refused_before_reading(tmp_path: Path) -> None:
+    unreachable = "postgresql://nobody:pw@127.0.0.1:1/mdp"  # never contacted
+    with pytest.raises(ValueError, match=r"format 'xlsx' is invalid: expected one of parquet"):
+        export_bars(
+            tmp_path,
+            None,
+            DAY0,
+            DAY0 + timedelta(days=1),
+            format="xlsx",  # type: ignore[arg-type]
+            dsn=unreachable,
+        )
+    with pytest.raises(ValueError, match=r"start .* is not before end"):
+        export_quotes(tmp_path, None, DAY0, DAY0, dsn=unreachable)
+    assert not any(tmp_path.iterdir())
+
+
 def test_reexport_replaces_a_day_exactly(fresh_dsn: str, tmp_path: Path) -> None:
     asyncio.run(write(fresh_dsn, three_days()))
     first = export_bars(tmp_path, None, DAY0, DAY0 + timedelta(days=3), dsn=fresh_dsn)
