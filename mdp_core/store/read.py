@@ -357,7 +357,11 @@ class ArrowReader:
 
     def __init__(self, dsn: str | None = None) -> None:
         self._arg = dsn
-        self._dsn, self._remembered = run_sync(lambda: _resolve(dsn, fresh=False))
+        known = _RESOLVED.get(_resolution_key(dsn))  # no event loop needed then
+        if known is not None:
+            self._dsn, self._remembered = known, True
+        else:
+            self._dsn, self._remembered = run_sync(lambda: _resolve(dsn, fresh=False))
         self._present: list[str] | None = None
         self._healthy = True
         conn = _IDLE.take(self._dsn)

@@ -230,12 +230,14 @@ def test_dsn_none_starts_and_restarts_the_embedded_server(outside_home: Path) ->
 
 async def test_sync_read_works_inside_a_running_event_loop(fresh_dsn: str) -> None:
     """A notebook cell runs inside an event loop: the sync call must still work there."""
-    await write(fresh_dsn, bars_at("1d"))
+    async with asyncio.timeout(30):
+        await write(fresh_dsn, bars_at("1d"))
     frame = read_bars(
         None, MIDNIGHT - timedelta(days=3), MIDNIGHT + timedelta(days=5), "1d", dsn=fresh_dsn
     )
     assert len(frame) == 24
-    quotes = await aread_quotes("AAPL", MIDNIGHT, MIDNIGHT + timedelta(days=1), dsn=fresh_dsn)
+    async with asyncio.timeout(30):
+        quotes = await aread_quotes("AAPL", MIDNIGHT, MIDNIGHT + timedelta(days=1), dsn=fresh_dsn)
     assert quotes.empty
 
 
