@@ -50,6 +50,7 @@ BENCHMARKS = [
     Benchmark("latency", "benchmarks.bench_latency", "End-to-end latency (emit -> COMMIT)"),
     Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
+    Benchmark("read", "benchmarks.bench_read", "Reading bars back (read_bars, export)"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -225,6 +226,38 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         missing("SQL rollup >= 5x faster than pandas", "rollups")
+
+    read = _ok(entries.get("read"))
+    if read:
+        rate, ratio, passed = read["rows_per_s"], read["ratios"], read["passed"]
+        equal = read["check"]["equal"]
+        rows_note = f"{read['rows']:,} 1m bars"
+        add(
+            "read_bars into pandas >= 0.7 x raw binary COPY",
+            "read",
+            f"{rate['read']:,.0f} rows/s ({rows_note})",
+            f"raw COPY {rate['raw']:,.0f} rows/s",
+            f"{ratio['read_to_raw']:.2f} x",
+            passed["read_vs_raw"] and equal,
+        )
+        add(
+            "read_bars >= 3 x fetch -> DataFrame",
+            "read",
+            f"{rate['read']:,.0f} rows/s",
+            f"fetch + DataFrame {rate['fetch']:,.0f} rows/s",
+            f"{ratio['read_to_fetch']:.1f} x",
+            passed["read_vs_fetch"] and equal,
+        )
+        add(
+            "Parquet export >= 0.3 x raw binary COPY",
+            "read",
+            f"{rate['export']:,.0f} rows/s ({read['export']['files']} files)",
+            f"raw COPY {rate['raw']:,.0f} rows/s",
+            f"{ratio['export_to_raw']:.2f} x",
+            passed["export_vs_raw"] and equal,
+        )
+    else:
+        missing("read_bars >= 0.7 x raw COPY and >= 3 x fetch; export >= 0.3 x raw", "read")
     return rows
 
 

@@ -23,8 +23,14 @@ __all__ = [
     "RetryPolicy",
     "RuntimeOrchestrator",
     "WriteCoordinator",
+    "aread_bars",
+    "aread_quotes",
     "configure_logging",
     "deduplicate",
+    "export_bars",
+    "export_quotes",
+    "read_bars",
+    "read_quotes",
     "resample_bars",
     "resample_ohlc",
     "throttle",
@@ -49,6 +55,12 @@ _WHERE = {
     "IBKRSettings": "mdp_core.settings",
     "MdpSettings": "mdp_core.settings",
     "configure_logging": "mdp_core.logs",
+    "read_bars": "mdp_core.store.read",
+    "read_quotes": "mdp_core.store.read",
+    "aread_bars": "mdp_core.store.read",
+    "aread_quotes": "mdp_core.store.read",
+    "export_bars": "mdp_core.store.export",
+    "export_quotes": "mdp_core.store.export",
 }
 
 if TYPE_CHECKING:
@@ -67,6 +79,8 @@ if TYPE_CHECKING:
     from mdp_core.providers.registry import ProviderRegistry
     from mdp_core.runtime import RuntimeOrchestrator
     from mdp_core.settings import IBKRSettings, MdpSettings
+    from mdp_core.store.export import export_bars, export_quotes
+    from mdp_core.store.read import aread_bars, aread_quotes, read_bars, read_quotes
 
 
 def __getattr__(name: str) -> Any:

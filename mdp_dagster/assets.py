@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from mdp_dagster.io_manager import IO_MANAGER_KEY
+
 __all__ = ["BARS_5S", "QUOTES", "RAW_ASSETS", "raw_asset_for"]
 
 GROUP = "market_data"
@@ -19,7 +21,7 @@ QUOTES = dg.AssetSpec(
     group_name=GROUP,
     kinds={"postgres"},
     metadata={"table": "mdp.quotes"},
-)
+).with_io_manager_key(IO_MANAGER_KEY)  # loadable as an input of your own assets
 
 BARS_5S = dg.AssetSpec(
     ["mdp", "bars_5s"],
@@ -28,7 +30,7 @@ BARS_5S = dg.AssetSpec(
     group_name=GROUP,
     kinds={"postgres"},
     metadata={"table": "mdp.bars", "resolution": "5s"},
-)
+).with_io_manager_key(IO_MANAGER_KEY)
 
 RAW_ASSETS: list[dg.AssetSpec] = [QUOTES, BARS_5S]
 

@@ -38,6 +38,7 @@ from mdp_core.store.rollups import (
     windows_with_bars,
 )
 from mdp_dagster.assets import BARS_5S
+from mdp_dagster.io_manager import IO_MANAGER_KEY
 from mdp_dagster.resources import StoreResource
 
 __all__ = [
@@ -199,6 +200,7 @@ def _rollup_asset(
             group_name=GROUP,
             kinds={"postgres", "sql"},
             pool="mdp_rollups",
+            io_manager_key=IO_MANAGER_KEY,  # your assets can take these bars as inputs
             description=(
                 f"{resolution} OHLCV bars (mdp.bars, resolution '{resolution}') rolled up in "
                 "SQL from the 5-second bars: epoch-aligned UTC windows, first open / last "

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
-from benchmarks import bench_latency, bench_memory, bench_rollups
+from benchmarks import bench_latency, bench_memory, bench_read, bench_rollups
 from benchmarks.__main__ import BENCHMARKS, render, section, summary
 from benchmarks.common import RESULTS_DIR, markdown_table, percentile
 from mdp_core.coordinator import CoordinatorSettings
@@ -57,6 +59,28 @@ async def test_sql_and_pandas_rollups_agree(fresh_dsn: str) -> None:
     assert check["equal"], check
 
 
+async def test_read_paths_agree(fresh_dsn: str, tmp_path: Path) -> None:
+    """read_bars, the raw COPY of its query, fetch -> DataFrame and the Parquet export hold
+    the same rows (what bench_read checks, on 1,200 bars)."""
+    async with asyncio.timeout(60), Database.connect(fresh_dsn, max_size=2) as db:
+        rows, _ = await bench_read.load(db, 3, 400)
+        end = bench_read._end(400)
+        query = await bench_read.query_text(db, end)
+        conn = await asyncpg.connect(db.dsn)
+        try:
+            _, chunks = await bench_read.measure_raw(conn, query)
+            _, fetched = await bench_read.measure_fetch(conn, query)
+        finally:
+            await conn.close()
+        _, frame = await asyncio.to_thread(bench_read.measure_read, db.dsn, end, "pandas")
+        _, exported = await asyncio.to_thread(bench_read.measure_export, db.dsn, end, tmp_path)
+    assert rows == len(frame) == bench_read.copy_rows(chunks) == exported.rows == 1200
+    assert frame["vwap"].isna().sum() == 3 * 40  # one bar in ten without vwap
+    assert bench_read.frames_equal(frame, fetched)
+    assert bench_read.parquet_equal(tmp_path, frame)
+    assert not bench_read.frames_equal(frame.iloc[::-1].reset_index(drop=True), fetched)
+
+
 def test_report_renders_every_benchmark_from_its_figures() -> None:
     """Each module renders its section, and the summary judges every target, from the
     figures of the last full run (``benchmarks/results/<name>.json``)."""
@@ -73,7 +97,7 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 7 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 10 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")

@@ -12,8 +12,10 @@ __all__ = ["main"]
 COMMANDS: dict[str, str] = {
     "db": "mdp_core.cli.db:db",
     "dlq": "mdp_core.cli.dlq:dlq",
+    "export": "mdp_core.cli.export:export",
     "stream": "mdp_core.cli.stream:stream",
     "gateway": "mdp_core.cli.gateway:gateway",
+    "read": "mdp_core.cli.read:read",
     "up": "mdp_core.cli.up:up",
 }
 

@@ -1,4 +1,5 @@
-"""PostgreSQL storage: the database (embedded by default), migrations, sinks and rollups."""
+"""PostgreSQL storage: the database (embedded by default), migrations, sinks, rollups, and
+reading and exporting the data."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ __all__ = [
     "EmbeddedServer",
     "LockHeldError",
     "QuotesSink",
+    "aread_bars",
+    "aread_quotes",
+    "export_bars",
+    "export_quotes",
     "fetch_bars",
+    "read_bars",
+    "read_quotes",
     "rollup_bars",
 ]
 
@@ -25,11 +32,19 @@ _WHERE = {
     "EmbeddedServer": "mdp_core.store.embedded",
     "rollup_bars": "mdp_core.store.rollups",
     "fetch_bars": "mdp_core.store.rollups",
+    "read_bars": "mdp_core.store.read",
+    "read_quotes": "mdp_core.store.read",
+    "aread_bars": "mdp_core.store.read",
+    "aread_quotes": "mdp_core.store.read",
+    "export_bars": "mdp_core.store.export",
+    "export_quotes": "mdp_core.store.export",
 }
 
 if TYPE_CHECKING:
     from mdp_core.store.database import Database, DatabaseError, LockHeldError
     from mdp_core.store.embedded import EmbeddedServer
+    from mdp_core.store.export import export_bars, export_quotes
+    from mdp_core.store.read import aread_bars, aread_quotes, read_bars, read_quotes
     from mdp_core.store.rollups import fetch_bars, rollup_bars
     from mdp_core.store.sinks import BarsSink, QuotesSink
 

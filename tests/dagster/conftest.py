@@ -13,6 +13,8 @@ import dagster as dg
 import pytest
 
 from mdp_core.gateway import SimulatedGateway
+from mdp_dagster.export import ExportResource
+from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
 from mdp_dagster.resources import DlqResource, StoreResource
 
 
@@ -51,7 +53,12 @@ def store_dsn(fresh_dsn: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def resources(store_dsn: str) -> dict[str, object]:
     """The code location's resources, bound to this test's store."""
-    return {"store": StoreResource(), "dlq": DlqResource()}
+    return {
+        "store": StoreResource(),
+        "dlq": DlqResource(),
+        "export": ExportResource(),
+        IO_MANAGER_KEY: MdpIOManager(),
+    }
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from mdp_core.store.database import Database, DatabaseError
 from mdp_core.store.sinks import QuotesSink
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import build_health_defs
+from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
 from mdp_dagster.resources import DlqResource, StoreResource
 from mdp_dagster.rollups import build_rollup_defs
 from mdp_dagster.streaming import StreamRunConfig, stream_job
@@ -348,7 +349,11 @@ def test_dagster_stream_op_and_health_never_show_the_password(
     missing = tmp_path / f"password={PASSWORD}" / "missing.csv"
     streams = write_text(tmp_path / "streams.yaml", STREAMS.format(missing=missing))
     monkeypatch.setenv("MDP_STREAMS_FILE", str(streams))
-    resources: dict[str, object] = {"store": StoreResource(), "dlq": DlqResource()}
+    resources: dict[str, object] = {
+        "store": StoreResource(),
+        "dlq": DlqResource(),
+        IO_MANAGER_KEY: MdpIOManager(),  # the rollup and raw assets name it
+    }
     shown: list[str] = []
     with dg.instance_for_test() as instance:
 

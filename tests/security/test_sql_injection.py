@@ -314,6 +314,11 @@ ALLOWED = {
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
     # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),
+    # read API: sql is one of the constants _BARS_SQL / _QUOTES_SQL; query is the text the
+    # server's format() built from them with %L (quote_literal) over bound parameters (a
+    # COPY takes no parameters; asyncpg's copy_from_query does the same)
+    ("mdp_core/store/read.py", "ArrowReader.read.work", "sql"),
+    ("mdp_core/store/read.py", "ArrowReader.read.work", "query"),
     # lookups in constant dicts of queries; unknown names raise ValueError (_sql_for)
     ("mdp_dagster/health.py", "check_freshness", "_sql_for(_NEWEST, table)"),
     ("mdp_dagster/health.py", "check_duplicates", "_sql_for(_DUPLICATES_SQL, table)"),
