@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "stream": "mdp_core.cli.stream:stream",
     "gateway": "mdp_core.cli.gateway:gateway",
     "up": "mdp_core.cli.up:up",
+    "import": "mdp_core.cli.imports:import_files",
 }
 
 
