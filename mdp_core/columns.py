@@ -223,7 +223,7 @@ def _sources(column: Column | None, n: int, default: str) -> pa.Array:
         return pa.array([default] * n, pa.string())
     values = _array(column)
     if values is not None and pa.types.is_string(values.type):
-        empty = pc.or_(pc.is_null(values), pc.equal(values, ""))
+        empty = pc.fill_null(pc.equal(values, ""), True)
         return pc.if_else(empty, default, values)
     py = list(column) if values is None else values.to_pylist()
     return pa.array([str(v) if v else default for v in py], pa.string())
@@ -238,8 +238,11 @@ def _floats(column: Column, n: int) -> tuple[pa.Array, pa.Array]:
         t = values.type
         if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_null(t):
             return pc.cast(values, _F, safe=False), pa.array([False] * n)
-        if pa.types.is_string(t) and _bulk_floats(values):
-            return pc.cast(values, _F), pa.array([False] * n)
+        if pa.types.is_string(t):
+            try:  # Arrow reads a subset of what float() reads, to the same values
+                return pc.cast(values, _F), pa.array([False] * n)
+            except pa.ArrowInvalid:
+                pass  # a value Arrow cannot read: float() decides, value by value
     py = list(column) if values is None else values.to_pylist()
     out: list[float | None] = []
     unreadable: list[bool] = []
@@ -255,12 +258,6 @@ def _floats(column: Column, n: int) -> tuple[pa.Array, pa.Array]:
             out.append(None)
             unreadable.append(True)
     return pa.array(out, _F), pa.array(unreadable, pa.bool_())
-
-
-def _bulk_floats(values: pa.Array) -> bool:
-    """Whether Arrow's string -> float64 cast takes the whole column as ``float()`` would
-    (plain decimal numbers only; anything odder goes value by value)."""
-    return _all_match(values, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _times(
@@ -279,10 +276,10 @@ def _times(
             ts = _epoch(values)
         elif pa.types.is_string(t) and nt_times:
             ts = _nt(values)
-        elif pa.types.is_string(t) and _all_match(values, r"^\d+$"):
-            ts = _epoch(pc.cast(values, pa.int64()))
         elif pa.types.is_string(t) and _all_match(values, r"^\d{4}-\d\d-\d\d"):
             ts = _iso(values)
+        elif pa.types.is_string(t) and _all_match(values, r"^\d+$"):
+            ts = _epoch(pc.cast(values, pa.int64()))
     if ts is None:
         py = list(column) if values is None else values.to_pylist()
         ts = pa.array([_read_or_none(read_time, v) for v in py], _TS)

@@ -55,7 +55,7 @@ FORMATS: dict[str, str] = {
     "json": "json",
 }
 _KEPT_BAD_ROWS = 100
-_CSV_BLOCK = 4 << 20  # bytes of CSV per Arrow batch (about 60,000 bars)
+_CSV_BLOCK = 1 << 20  # bytes of CSV per Arrow batch (about 16,000 bars)
 
 
 def open_file(
@@ -130,6 +130,11 @@ class _Batch:
     rows: int
     refused: list[int]
     size: int  # bytes of the file it stands for, roughly (progress)
+    encoded: bytes | None = None  # the table as COPY data
+
+
+# (writer, valid rows, their COPY data if made, bytes of the file they stand for)
+_Job = tuple[BulkWriter, pa.Table, bytes | None, int]
 
 
 class Importer:
@@ -167,9 +172,7 @@ class Importer:
             kind: BulkWriter(self.db, kind, dlq=self.dlq, retry_policy=self.retry_policy)
             for kind in {src.mode for src in files}
         }
-        queue: asyncio.Queue[tuple[BulkWriter, pa.Table, int] | None] = asyncio.Queue(
-            maxsize=self.workers
-        )
+        queue: asyncio.Queue[_Job | None] = asyncio.Queue(maxsize=self.workers)
         try:
             async with asyncio.TaskGroup() as tasks:
                 for _ in range(self.workers):
@@ -185,10 +188,10 @@ class Importer:
             self._close_rejects()
         return self.stats
 
-    async def _write(self, queue: asyncio.Queue[tuple[BulkWriter, pa.Table, int] | None]) -> None:
+    async def _write(self, queue: asyncio.Queue[_Job | None]) -> None:
         while (job := await queue.get()) is not None:
-            writer, table, size = job
-            result: BulkResult = await writer.write(table)
+            writer, table, encoded, size = job
+            result: BulkResult = await writer.write(table, encoded)
             self.stats.imported += result.stored
             self.stats.new += result.new
             self.stats.spooled += result.spooled
@@ -198,18 +201,18 @@ class Importer:
         self,
         src: ReplaySource,
         writer: BulkWriter,
-        queue: asyncio.Queue[tuple[BulkWriter, pa.Table, int] | None],
+        queue: asyncio.Queue[_Job | None],
     ) -> None:
         """Read, validate and queue one file; then judge the rows refused in columns."""
         invalid: set[str] = set()  # rows Arrow could not split into the file's columns
         refused: list[int] = []
         batches = _batches(src, invalid)
         done = 0
-        while (batch := await asyncio.to_thread(_next, src, batches)) is not None:
+        while (batch := await asyncio.to_thread(_next, src, batches, writer)) is not None:
             self.stats.rows += batch.rows
             refused.extend(batch.refused)
             done += batch.size
-            await queue.put((writer, batch.table, batch.size))
+            await queue.put((writer, batch.table, batch.encoded, batch.size))
         rest = max(0, src.path.stat().st_size - done)
         if refused or invalid:
             records, bad = await asyncio.to_thread(_judge, src, set(refused), invalid)
@@ -218,7 +221,7 @@ class Importer:
                 self._bad(row)
             if records:
                 rows = _SINKS[src.mode].rows(records)
-                await queue.put((writer, records_table(src.mode, rows), rest))
+                await queue.put((writer, records_table(src.mode, rows), None, rest))
                 return
         self.on_progress(rest)
 
@@ -261,13 +264,17 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 # -- reading in columns ---------------------------------------------------------------------
 
 
-def _next(src: ReplaySource, batches: Iterator[_Batch]) -> _Batch | None:
-    """The next batch, or None at the end; a file Arrow cannot read raises ``ValueError``
+def _next(src: ReplaySource, batches: Iterator[_Batch], writer: BulkWriter) -> _Batch | None:
+    """The next batch, encoded for COPY, or None at the end (run in a thread, so reading
+    and encoding overlap the writes); a file Arrow cannot read raises ``ValueError``
     naming it."""
     try:
-        return next(batches, None)
+        batch = next(batches, None)
     except pa.ArrowException as exc:
         raise ValueError(f"{src.path.name}: cannot be read: {exc}") from None
+    if batch is not None:
+        batch.encoded = writer.encode(batch.table)
+    return batch
 
 
 def _batches(src: ReplaySource, invalid: set[str]) -> Iterator[_Batch]:

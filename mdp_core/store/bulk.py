@@ -20,8 +20,7 @@ rows are created. So, like the sinks:
 from __future__ import annotations
 
 import asyncio
-import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
@@ -92,30 +91,27 @@ class BulkWriter:
         self._record_type: type[Bar] | type[Quote] = sink.record_type
         self._stage = STAGE_TABLES[self.table]
 
-    async def write(self, table: pa.Table) -> BulkResult:
-        """Store ``table`` (see the module docstring); an empty table costs nothing."""
+    async def write(self, table: pa.Table, encoded: bytes | None = None) -> BulkResult:
+        """Store ``table`` (see the module docstring); an empty table costs nothing.
+        ``encoded`` is ``encode(table)`` when the caller made it already (in a thread)."""
         if table.num_rows == 0:
             return BulkResult()
-        if list(table.column_names) != list(self._columns):
-            raise ValueError(
-                f"table columns {table.column_names} are not the stage layout of "
-                f"mdp.{self.table}: expected {list(self._columns)}"
-            )
         try:
-            new = await self._with_retries(table)
+            new = await self._with_retries(table, encoded)
         except Exception as exc:
             if classify_error(exc) != "permanent":
                 raise
             return await self._isolate(table, exc)
         return BulkResult(stored=table.num_rows, new=new)
 
-    async def _with_retries(self, table: pa.Table) -> int:
+    async def _with_retries(self, table: pa.Table, encoded: bytes | None) -> int:
+        data = self.encode(table) if encoded is None else encoded
         policy = self.retry_policy
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._write_once(table)
+                return await self._write_once(table, data)
             except Exception as exc:
                 if classify_error(exc) != "transient" or attempt >= policy.max_attempts:
                     raise
@@ -126,9 +122,8 @@ class BulkWriter:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
-    async def _write_once(self, table: pa.Table) -> int:
+    async def _write_once(self, table: pa.Table, data: bytes) -> int:
         days = _days(table)
-        data = self._encode(table)
         async with self.db.pool.acquire() as conn:
             await self.db.ensure_partitions(self.table, days, conn=conn)
             try:
@@ -142,7 +137,14 @@ class BulkWriter:
                 await self.db.ensure_partitions(self.table, days, conn=conn)
                 return await self._copy_insert(conn, data)
 
-    def _encode(self, table: pa.Table) -> bytes:
+    def encode(self, table: pa.Table) -> bytes:
+        """``table`` as PostgreSQL's binary COPY data; raises ``ValueError`` if its columns
+        are not the stage layout."""
+        if list(table.column_names) != list(self._columns):
+            raise ValueError(
+                f"table columns {table.column_names} are not the stage layout of "
+                f"mdp.{self.table}: expected {list(self._columns)}"
+            )
         encoder = self._encoder_type(table.schema)
         parts = [encoder.write_header()]
         parts.extend(encoder.write_batch(batch) for batch in table.to_batches())
@@ -152,7 +154,7 @@ class BulkWriter:
     async def _copy_insert(self, conn: asyncpg.Connection, data: bytes) -> int:
         async with conn.transaction():
             await conn.copy_to_table(
-                self._stage, source=io.BytesIO(data), columns=list(self._columns), format="binary"
+                self._stage, source=_chunks(data), columns=list(self._columns), format="binary"
             )
             status = await conn.execute(self._insert_sql)
         return int(status.rpartition(" ")[2])  # "INSERT 0 <n>"
@@ -179,3 +181,10 @@ def _days(table: pa.Table) -> set[date]:
     """The UTC days of the table's rows (one partition each)."""
     days = pc.unique(pc.cast(table.column("ts"), pa.date32())).to_pylist()
     return {d for d in days if d is not None}
+
+
+async def _chunks(data: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """``data`` in slices, the form of COPY source asyncpg sends without a thread hop."""
+    view = memoryview(data)
+    for at in range(0, len(view), size):
+        yield bytes(view[at : at + size])
