@@ -50,6 +50,7 @@ BENCHMARKS = [
     Benchmark("latency", "benchmarks.bench_latency", "End-to-end latency (emit -> COMMIT)"),
     Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
+    Benchmark("import", "benchmarks.bench_import", "Bulk import of bars (mdp import)"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -225,6 +226,21 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         missing("SQL rollup >= 5x faster than pandas", "rollups")
+
+    imp = _ok(entries.get("import"))
+    if imp:
+        i, limit = imp["import"], imp["raw_best"]
+        add(
+            f"mdp import >= {imp['target_ratio']} x raw COPY -> upsert limit (bars)",
+            "import",
+            f"{i['rows_per_s']:,.0f} bars/s ({imp['rows']:,} 1-minute bars, CSV)",
+            f"raw limit {limit['rows_per_s']:,.0f} rows/s; live path "
+            f"{imp['live']['rows_per_s']:,.0f} bars/s",
+            f"{i['ratio_to_raw']:.2f} x",
+            imp["passed"],
+        )
+    else:
+        missing("mdp import >= 0.7 x raw COPY -> upsert limit (bars)", "import")
     return rows
 
 
