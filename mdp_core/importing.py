@@ -43,7 +43,7 @@ from mdp_core.store.bulk import BulkResult, BulkWriter
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink
 
-__all__ = ["FORMATS", "BadRow", "ImportStats", "Importer", "open_file"]
+__all__ = ["FORMATS", "BadRow", "FileReadError", "ImportStats", "Importer", "open_file"]
 
 #: ``--format`` values -> the replay provider's formats ("polygon" is its JSON).
 FORMATS: dict[str, str] = {
@@ -87,6 +87,11 @@ def open_file(
         name = Path(path).name
         text = str(exc)
         raise ValueError(text if text.startswith(name) else f"{name}: {text}") from None
+
+
+class FileReadError(ValueError):
+    """A file turned out unreadable in the middle (e.g. bytes that are not UTF-8): what
+    was read before it may be stored; the message names the file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,12 +271,11 @@ def _first(group: BaseExceptionGroup[Any]) -> BaseException:
 
 def _next(src: ReplaySource, batches: Iterator[_Batch], writer: BulkWriter) -> _Batch | None:
     """The next batch, encoded for COPY, or None at the end (run in a thread, so reading
-    and encoding overlap the writes); a file Arrow cannot read raises ``ValueError``
-    naming it."""
+    and encoding overlap the writes); a file Arrow cannot read raises ``FileReadError``."""
     try:
         batch = next(batches, None)
-    except pa.ArrowException as exc:
-        raise ValueError(f"{src.path.name}: cannot be read: {exc}") from None
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise FileReadError(f"{src.path.name} cannot be read: {exc}") from None
     if batch is not None:
         batch.encoded = writer.encode(batch.table)
     return batch

@@ -21,6 +21,7 @@ __all__ = ["import_files"]
 
 _SHOWN_BAD_ROWS = 20
 EXIT_REFUSED_ROWS = 3
+_AGAIN = "what was committed before stays; running the import again stores only what is missing"
 
 
 @click.command("import")
@@ -102,7 +103,9 @@ def import_files(
         raise click.ClickException(
             f"mdp import needs pyarrow and pgpq: pip install 'mdp[import]' ({exc})"
         ) from None
-    from mdp_core.importing import open_file
+    from mdp_core.dsn import mask_secrets
+    from mdp_core.errors import classify_error
+    from mdp_core.importing import FileReadError, open_file
     from mdp_core.settings import get_settings
 
     files = []
@@ -124,7 +127,16 @@ def import_files(
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         rejects = get_settings().home_dir / "rejects" / f"import-{stamp}.jsonl"
     start = time.perf_counter()
-    stats = asyncio.run(_run(files, dsn, workers, rejects, quiet))
+    try:
+        stats = asyncio.run(_run(files, dsn, workers, rejects, quiet))
+    except FileReadError as exc:
+        raise click.ClickException(f"{exc} ({_AGAIN})") from None
+    except Exception as exc:
+        if classify_error(exc) == "fatal":
+            raise
+        raise click.ClickException(
+            f"the database failed: {type(exc).__name__}: {mask_secrets(str(exc))} ({_AGAIN})"
+        ) from None
     elapsed = time.perf_counter() - start
     click.echo(
         f"{stats.files} files: {stats.rows:,} rows read, {stats.imported:,} imported "

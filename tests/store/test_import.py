@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,14 @@ async def test_a_missing_file_is_refused(fresh_dsn: str, tmp_path: Path) -> None
     result = await mdp_import(fresh_dsn, tmp_path / "nope.csv")
     assert result.exit_code == 1
     assert "nope.csv" in result.output and "does not exist" in result.output
+
+
+async def test_a_file_unreadable_in_the_middle_is_named(fresh_dsn: str, tmp_path: Path) -> None:
+    path = tmp_path / "XYZ_1min.csv"
+    t0 = datetime(2024, 1, 2, tzinfo=UTC)
+    good = "".join(f"{t0 + timedelta(minutes=m)},10,11,9,10,100\n" for m in range(5000))
+    path.write_bytes(b"ts,open,high,low,close,volume\n" + good.encode() + b"\xff\xfe,1,2,3,4,5\n")
+    result = await mdp_import(fresh_dsn, path)
+    assert result.exit_code == 1
+    assert "XYZ_1min.csv cannot be read" in result.output and "UTF8" in result.output
+    assert "running the import again stores only what is missing" in result.output
