@@ -86,7 +86,7 @@ def to_table(
         bad = pc.or_(bad, pc.fill_null(mask, True))
 
     if "symbol" in raw:
-        symbols, unreadable = _symbols(raw["symbol"], n)
+        symbols, unreadable = _symbols(raw["symbol"])
         refuse(unreadable)
         out["symbol"] = symbols
     else:
@@ -116,13 +116,16 @@ def to_table(
         vwap = _absent_nan(numbers["vwap"])
         refuse(pc.invert(_optional(vwap, strict=True)))
         count = numbers["trade_count"]
-        whole = pc.and_(_finite_over(count, 0.0, strict=False), pc.equal(pc.floor(count), count))
+        whole = pc.and_(
+            pc.and_(_finite_over(count, 0.0, strict=False), pc.less(count, 2.0**63)),
+            pc.equal(pc.floor(count), count),
+        )  # a whole number >= 0 that fits the table's bigint
         refuse(pc.and_(pc.is_valid(count), pc.invert(pc.fill_null(whole, False))))
         if shift:
             ts = pc.subtract(ts, pa.scalar(shift, pa.duration("us")))
         label = resolution or ""
         if "resolution" in raw:
-            refuse(pc.invert(_same_resolution(raw["resolution"], n, label)))
+            refuse(pc.invert(_same_resolution(raw["resolution"], label)))
         out.update(
             resolution=pa.array([label] * n, pa.string()),
             ts=ts,
@@ -181,7 +184,7 @@ def _absent_nan(values: pa.Array) -> pa.Array:
     return pc.if_else(pc.is_nan(values), _NULL_F, values)
 
 
-def _symbols(column: Column, n: int) -> tuple[pa.Array, pa.Array]:
+def _symbols(column: Column) -> tuple[pa.Array, pa.Array]:
     """Each value normalised with ``normalize_symbol`` (once per distinct value); a
     non-string, blank or invalid symbol is unreadable."""
     values = _array(column)
@@ -204,7 +207,7 @@ def _symbol(value: Any) -> str | None:
         return None
 
 
-def _same_resolution(column: Column, n: int, label: str) -> pa.Array:
+def _same_resolution(column: Column, label: str) -> pa.Array:
     """True where the row's resolution is the file's (the replay provider's rule)."""
     values = _array(column)
     py = list(column) if values is None else values.to_pylist()

@@ -310,6 +310,9 @@ ALLOWED = {
     # class constants of the sinks (_QUOTES_INSERT / _BARS_INSERT; STAGE_TABLES values)
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._insert_sql"),
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
+    # the same constants, taken from the sink classes by the bulk writer (mdp import)
+    ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._insert_sql"),
+    ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._stage"),
     # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),
     # lookups in constant dicts of queries; unknown names raise ValueError (_sql_for)
