@@ -379,10 +379,13 @@ def _json_batches(src: ReplaySource, invalid: set[str]) -> _Raw:
     columns: dict[str, Column] = {}
     for field_name, i in src.columns.items():
         values = [row[i] for row in rows]
-        try:
-            columns[field_name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            columns[field_name] = values  # mixed types: read value by value
+        columns[field_name] = values  # mixed types (True, 1.5, "x"): read value by value
+        kinds = {type(v) for v in values if v is not None}
+        if len(kinds) == 1 and kinds <= {int, float, str}:  # one type: Arrow keeps it
+            try:
+                columns[field_name] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                pass
     yield columns, len(rows), src.path.stat().st_size
 
 

@@ -215,3 +215,15 @@ def test_each_odd_number_reads_as_float_reads_it() -> None:
             assert got is not None and math.isnan(got), text
         else:
             assert got == expected, text
+
+
+def test_json_values_of_mixed_types_are_judged_one_by_one(tmp_path: Path) -> None:
+    """A found case: ``True`` among epoch numbers is not a time for the models, so it must
+    not become 1.0 in a column of floats."""
+    items = [
+        {"bid_price": 155.85, "ask_price": 155.85, "bid_size": 3, "sip_timestamp": t}
+        for t in (1_652_191_872_800_638, 1652191872.5, True)
+    ]
+    path = tmp_path / "polygon_quotes.json"
+    path.write_text(json.dumps({"results": items}))
+    agree(ReplaySource(path=path, mode="quotes", symbol="AAPL"))
