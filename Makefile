@@ -1,7 +1,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  := ibkr,parquet,dagster,dev
+EXTRAS  := ibkr,parquet,import,dagster,dev
 
 .PHONY: install test lint run bench soak clean
 

@@ -51,6 +51,7 @@ BENCHMARKS = [
     Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
     Benchmark("read", "benchmarks.bench_read", "Reading bars back (read_bars, export)"),
+    Benchmark("import", "benchmarks.bench_import", "Bulk import of bars (mdp import)"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -258,6 +259,20 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         missing("read_bars >= 0.7 x raw COPY and >= 3 x fetch; export >= 0.3 x raw", "read")
+    imp = _ok(entries.get("import"))
+    if imp:
+        i, limit = imp["import"], imp["raw_best"]
+        add(
+            f"mdp import >= {imp['target_ratio']} x raw COPY -> upsert limit (bars)",
+            "import",
+            f"{i['rows_per_s']:,.0f} bars/s ({imp['rows']:,} 1-minute bars, CSV)",
+            f"raw limit {limit['rows_per_s']:,.0f} rows/s; live path "
+            f"{imp['live']['rows_per_s']:,.0f} bars/s",
+            f"{i['ratio_to_raw']:.2f} x",
+            imp["passed"],
+        )
+    else:
+        missing("mdp import >= 0.7 x raw COPY -> upsert limit (bars)", "import")
     return rows
 
 

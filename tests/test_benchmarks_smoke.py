@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from benchmarks import bench_latency, bench_memory, bench_read, bench_rollups
+from benchmarks import bench_import, bench_latency, bench_memory, bench_read, bench_rollups
 from benchmarks.__main__ import BENCHMARKS, render, section, summary
 from benchmarks.common import RESULTS_DIR, markdown_table, percentile
 from mdp_core.coordinator import CoordinatorSettings
@@ -81,6 +81,23 @@ async def test_read_paths_agree(fresh_dsn: str, tmp_path: Path) -> None:
     assert not bench_read.frames_equal(frame.iloc[::-1].reset_index(drop=True), fetched)
 
 
+async def test_import_run_measures_raw_import_and_live_on_the_same_bars(
+    fresh_dsn: str, tmp_path: Path
+) -> None:
+    rows = bench_import.build_bars(2_000)
+    path = tmp_path / "bars_1min.csv"
+    bench_import.write_csv(rows, path)
+    async with asyncio.timeout(90), Database.connect(fresh_dsn, max_size=3) as db:
+        await db.ensure_partitions("bars", {bench_import.START.date()})
+        # each measurement checks that every bar was stored
+        assert await bench_import.measure_raw(db, rows, 500, 2) > 0
+        assert await bench_import.measure_import(db, path, len(rows)) > 0
+        stored = [tuple(r) for r in await db.pool.fetch(bench_import.STORED_SQL)]
+        assert await bench_import.measure_live(db, path, len(rows)) > 0
+        assert [tuple(r) for r in await db.pool.fetch(bench_import.STORED_SQL)] == stored
+    assert stored == sorted(row[:8] for row in rows)
+
+
 def test_report_renders_every_benchmark_from_its_figures() -> None:
     """Each module renders its section, and the summary judges every target, from the
     figures of the last full run (``benchmarks/results/<name>.json``)."""
@@ -97,7 +114,7 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 10 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 11 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")

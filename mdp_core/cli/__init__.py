@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "gateway": "mdp_core.cli.gateway:gateway",
     "read": "mdp_core.cli.read:read",
     "up": "mdp_core.cli.up:up",
+    "import": "mdp_core.cli.imports:import_files",
 }
 
 

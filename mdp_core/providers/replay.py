@@ -205,6 +205,37 @@ class ReplaySource(ProviderSource):
         self.description = f"{self.path.name}: {self.format} {self.mode}; " + "; ".join(notes)
         logger.info("replay {}", self.description)
 
+    # -- the file's layout and rows, for readers that take it in columns (mdp import) ----------
+
+    @property
+    def header(self) -> list[str]:
+        """The file's column names (NinjaTrader: the fixed field names)."""
+        return self._reader.header
+
+    @property
+    def delimiter(self) -> str:
+        """The CSV delimiter (``;`` for NinjaTrader; unused for Parquet and JSON)."""
+        return self._reader.delimiter
+
+    @property
+    def columns(self) -> dict[str, int]:
+        """Model field -> index of its column in ``header``."""
+        return self._parser.columns
+
+    def rows(self) -> Iterator[tuple[str, Sequence[Any]]]:
+        """``(where, values)`` of each data row in file order, as ``stream()`` reads them;
+        where is ``"line N"``, ``"row N"`` or ``"results[N]"``."""
+        return self._reader.rows()
+
+    def parse_row(self, values: Sequence[Any]) -> Record:
+        """The record ``stream()`` makes of one row (bars shifted to their start); raises
+        ``ValueError`` (or ``TypeError``) naming the value and what was expected."""
+        return self._parser.parse(values)
+
+    def read_time(self, value: Any) -> datetime:
+        """A time value of the file, read as ``stream()`` reads it (UTC)."""
+        return _ts_reader(self.format)(value)
+
     # -- ProviderSource ------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -312,6 +312,9 @@ ALLOWED = {
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._insert_sql"),
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._replace_sql"),
     ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
+    # the same constants, taken from the sink classes by the bulk writer (mdp import)
+    ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._insert_sql"),
+    ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._stage"),
     # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),
     # read API: sql is one of the constants _BARS_SQL / _QUOTES_SQL; query is the text the
