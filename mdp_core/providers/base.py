@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import ClassVar, Literal, Self
 
+from mdp_core.instruments import canonical_id
 from mdp_core.models import Record, normalize_symbol, parse_resolution
 
 __all__ = ["Mode", "ProviderError", "ProviderSource", "normalize_symbols", "parse_mode"]
@@ -25,8 +26,9 @@ class ProviderError(RuntimeError):
 
 def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
     """Symbols normalised by the records' rule (``models.normalize_symbol``: stripped,
-    upper-cased, 1-64 printable characters) and de-duplicated, in order; ``"AAPL,MSFT"``
-    works too.
+    upper-cased, 1-64 printable characters), instrument ids (``EUR:CASH``, see
+    ``mdp_core.instruments``) in their canonical form, de-duplicated, in order;
+    ``"AAPL,MSFT"`` works too.
 
     Raises ``ValueError`` naming the bad entry (pydantic reports only ``ValueError``)."""
     if isinstance(symbols, str):
@@ -36,6 +38,8 @@ def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
         if not isinstance(raw, str):
             raise ValueError(f"invalid symbol {raw!r}: expected a str")
         symbol = normalize_symbol(raw)
+        if ":" in symbol:
+            symbol = canonical_id(symbol)
         if symbol not in out:
             out.append(symbol)
     if not out:
