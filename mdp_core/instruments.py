@@ -136,7 +136,8 @@ def parse_instrument(text: str) -> InstrumentSpec:
         raise _bad(text, f"security type {sec_type!r} is not one of {', '.join(SEC_TYPES)}")
     exchange = exchange or _DEFAULT_EXCHANGE.get(sec_type, "")
     if not exchange:
-        raise _bad(text, f"a {sec_type} needs its exchange (e.g. {symbol}:{sec_type}:CME)")
+        example = f"{symbol}:{sec_type}:CME" + (":USD:202503" if sec_type == "FUT" else "")
+        raise _bad(text, f"a {sec_type} needs its exchange (e.g. {example})")
     if not _CODE.match(exchange):
         raise _bad(text, f"exchange {exchange!r} is not a code like SMART, CME or IDEALPRO")
     currency = currency or "USD"

@@ -14,6 +14,7 @@ import click
 from mdp_core.gateway.market import replay_symbol
 from mdp_core.gateway.server import CONTROL_HELP, SimulatedGateway
 from mdp_core.logs import configure_logging
+from mdp_core.providers.ibkr.pacing import PacingRules
 
 __all__ = ["gateway"]
 
@@ -108,7 +109,8 @@ async def _serve(gw: SimulatedGateway) -> None:
     "--symbols",
     default="AAPL,MSFT",
     show_default=True,
-    help="Random-walk symbols, comma-separated.",
+    help="Random-walk instruments, comma-separated ids: AAPL, EUR:CASH:IDEALPRO:USD, "
+    "ES:FUT:CME:USD:202503, ES:CONTFUT:CME, SPX:IND:CBOE.",
 )
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the market models.")
 @click.option(
@@ -142,6 +144,14 @@ async def _serve(gw: SimulatedGateway) -> None:
 )
 @click.option("--pacing-limit", type=int, default=None, help="Requests/s before error 100.")
 @click.option(
+    "--history-pacing-scale", default=1.0, show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Multiply the windows of IB's historical pacing rules (error 162) by this.",
+)  # fmt: skip
+@click.option(
+    "--no-history-pacing", is_flag=True, help="Do not enforce IB's historical pacing rules."
+)
+@click.option(
     "--start",
     "start",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
@@ -163,6 +173,8 @@ def gateway(
     tick_interval: float,
     trades_per_bar: str,
     pacing_limit: int | None,
+    history_pacing_scale: float,
+    no_history_pacing: bool,
     start: datetime | None,
     log_level: str | None,
 ) -> None:
@@ -174,7 +186,7 @@ def gateway(
     configure_logging(level=log_level)
     try:
         gw = SimulatedGateway(
-            symbols=[s for s in symbols.split(",") if s.strip()],
+            symbols=[s for s in symbols.split(",") if s.strip()],  # instrument ids
             host=host,
             port=port,
             seed=seed,
@@ -187,6 +199,8 @@ def gateway(
             tick_interval=tick_interval,
             trades_per_bar=_trades_range(trades_per_bar),
             pacing_limit=pacing_limit,
+            history_pacing=None if no_history_pacing else PacingRules(),
+            history_pacing_scale=history_pacing_scale,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
