@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mdp_core.logs import configure_logging
-from mdp_dagster import dlq, health, rollups, streaming
+from mdp_dagster import dlq, health, history, rollups, streaming
 from mdp_dagster.resources import DlqResource, StoreResource
 
 __all__ = ["defs"]
@@ -26,5 +26,6 @@ defs = dg.Definitions.merge(
     rollups.defs,
     health.defs,
     dlq.defs,
+    history.defs,
     dg.Definitions(resources=RESOURCES),
 )
