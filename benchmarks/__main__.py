@@ -50,6 +50,7 @@ BENCHMARKS = [
     Benchmark("latency", "benchmarks.bench_latency", "End-to-end latency (emit -> COMMIT)"),
     Benchmark("memory", "benchmarks.bench_memory", "Memory while the sink stalls (T7)"),
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
+    Benchmark("backfill", "benchmarks.bench_backfill", "Backfill from IB at IB's pacing"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -225,6 +226,21 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         missing("SQL rollup >= 5x faster than pandas", "rollups")
+
+    back = _ok(entries.get("backfill"))
+    if back:
+        ratio = back["ratio"]
+        add(
+            f"backfill within {back['target_ratio']} x the pacing rules' lower bound",
+            "backfill",
+            f"{back['elapsed_s']:.1f} s for {back['runs'][0]['requests']} requests "
+            f"(pacing x {back['pacing_scale']:g})",
+            f"lower bound {back['bound_s']:.1f} s",
+            "-" if ratio is None else f"{ratio:.2f} x",
+            back["passed"],
+        )
+    else:
+        missing("backfill within 1.2 x the pacing rules' lower bound", "backfill")
     return rows
 
 

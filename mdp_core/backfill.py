@@ -29,12 +29,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from mdp_core.calendars import open_intervals
+from mdp_core.calendars import get_calendar, open_intervals
 from mdp_core.coordinator import (
     CoordinatorHealth,
     CoordinatorRuntimeSettings,
@@ -320,6 +320,11 @@ class Backfill:
             )
         if concurrency < 1:
             raise ValueError(f"concurrency {concurrency!r}: expected >= 1")
+        if calendar is not None and calendar not in _calendar_names():
+            raise ValueError(
+                f"unknown market calendar {calendar!r}: expected an exchange_calendars name "
+                "such as 'XNYS' (NYSE), 'CMES' (CME), '24/5' or '24/7'"
+            )
         self.db = db
         self.symbols = normalize_symbols(symbols)
         self.specs = {s: parse_instrument(s) for s in self.symbols}
@@ -347,6 +352,7 @@ class Backfill:
         self._to_record: list[tuple[HistoryRequest, int]] = []
         self._recorded = asyncio.Event()
         self._stop_recording = False
+        self.plan: list[HistoryRequest] = []  # the requests, in the order they go (after run)
         self._done = 0
         self._planned = 0
         self._violations = 0
@@ -357,19 +363,27 @@ class Backfill:
         """Plan, fetch, store; return what happened (per symbol). Raises ``ProviderError``
         if IB cannot be reached or none of the symbols is known to it."""
         started = self._clock()
+        # Building an exchange calendar takes about a second: do it while connecting.
+        names = {self.calendar or spec.calendar for spec in self.specs.values()}
+        calendars = asyncio.gather(
+            *(asyncio.to_thread(get_calendar, n) for n in (names if self.rth else ()))
+        )
         own = self._ib is None
-        ib = self._ib if not own else await self._connect()
+        ib: Any = None
         health: CoordinatorHealth | None = None
         try:
+            ib = self._ib if not own else await self._connect()
             server_now = await asyncio.wait_for(ib.reqCurrentTimeAsync(), self.request_timeout)
             end = min(self.end, _floor(server_now, self.step))
             await self._qualify(ib)
-            plan = await self._plan(end)
+            await calendars
+            self.plan = plan = await self._plan(end)
             self._planned = len(plan)
             if plan:
                 health = await self._fetch_all(ib, plan)
         finally:
-            if own:
+            await asyncio.gather(calendars, return_exceptions=True)
+            if own and ib is not None:
                 ib.disconnect()
         return BackfillResult(
             self.resolution, self.start, self.end, self._reports, self._planned,
@@ -489,12 +503,8 @@ class Backfill:
             symbol = request.symbol
             report = self._reports[symbol]
             what = self._what[symbol]
-            keys = (
-                (symbol, what),
-                (symbol, request.end, request.duration, request.resolution, what, self.rth),
-            )
             try:
-                async with self.pacer.slot(*keys):
+                async with self.pacer.slot(*self.pacing_keys(request)):
                     report.requested += 1
                     bars = await fetch_history(
                         ib, self._contracts[symbol], request, what_to_show=what,
@@ -523,6 +533,13 @@ class Backfill:
                     self._record(request, 0)
             self._done += 1
             await self._progress()
+
+    def pacing_keys(self, request: HistoryRequest) -> tuple[Hashable, Hashable]:
+        """(contract, request) keys of ``request`` for IB's pacing rules: same contract and
+        tick type; identical request."""
+        symbol, what = request.symbol, self._what.get(request.symbol, self.what_to_show)
+        identity = (symbol, request.end, request.duration, request.resolution, what, self.rth)
+        return (symbol, what), identity
 
     def _fail(self, report: SymbolReport, request: HistoryRequest, message: str) -> None:
         report.failed += 1
@@ -574,6 +591,12 @@ class Backfill:
                 "backfill: could not record {} fetched range(s) ({}: {}); a later backfill "
                 "may ask for them again", len(rows), type(exc).__name__, exc,
             )  # fmt: skip
+
+
+def _calendar_names() -> set[str]:
+    import exchange_calendars as xcals
+
+    return set(xcals.get_calendar_names(include_aliases=True))
 
 
 def _floor(t: datetime, step: int) -> datetime:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import bench_latency, bench_memory, bench_rollups
+from benchmarks import bench_backfill, bench_latency, bench_memory, bench_rollups
 from benchmarks.__main__ import BENCHMARKS, render, section, summary
 from benchmarks.common import RESULTS_DIR, markdown_table, percentile
 from mdp_core.coordinator import CoordinatorSettings
@@ -57,6 +57,26 @@ async def test_sql_and_pandas_rollups_agree(fresh_dsn: str) -> None:
     assert check["equal"], check
 
 
+async def test_backfill_run_stores_the_trading_minutes_at_ibs_pace(fresh_dsn: str) -> None:
+    from datetime import UTC, datetime
+
+    from mdp_core.gateway import SimulatedGateway
+
+    scale = 0.001  # IB's windows x 0.001, on both sides, as the benchmark does
+    start, end = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 5, tzinfo=UTC)
+    async with (
+        asyncio.timeout(60),
+        SimulatedGateway(
+            ["AAPL", "MSFT"], port=0, start=datetime(2024, 2, 1, tzinfo=UTC),
+            history_pacing_scale=scale,
+        ) as gw,
+        Database.connect(fresh_dsn, max_size=4) as db,
+    ):  # fmt: skip
+        r = await bench_backfill.measure(gw.port, db, start, end, scale, ["AAPL", "MSFT"])
+    assert r["rows_ok"] and r["balanced"] and r["pacing_violations"] == 0 and r["failed"] == 0
+    assert r["requests"] == 2 * 3 and r["bars"] == 2 * 3 * 390  # a request per session
+
+
 def test_report_renders_every_benchmark_from_its_figures() -> None:
     """Each module renders its section, and the summary judges every target, from the
     figures of the last full run (``benchmarks/results/<name>.json``)."""
@@ -73,7 +93,7 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 7 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 8 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from mdp_core.calendars import get_calendar
 from mdp_core.gateway.market import replay_symbol
 from mdp_core.gateway.server import CONTROL_HELP, SimulatedGateway
 from mdp_core.logs import configure_logging
@@ -73,6 +74,10 @@ async def _serve(gw: SimulatedGateway) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {gw.host}:{gw.port}: {exc}") from None
     loop = asyncio.get_running_loop()
+    # Build the instruments' exchange calendars (about a second each) before the first
+    # historical request with useRTH needs them.
+    calendars = {gw.instrument(s).spec.calendar for s in gw.symbols}
+    warming = asyncio.gather(*(asyncio.to_thread(get_calendar, c) for c in calendars))
     commands: asyncio.Queue[str | None] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, commands.put_nowait, "quit")
@@ -98,6 +103,7 @@ async def _serve(gw: SimulatedGateway) -> None:
             if reply:
                 click.echo(reply)
     finally:
+        await asyncio.gather(warming, return_exceptions=True)
         await gw.stop()
         click.echo(f"gateway stopped; totals {gw.stats()['totals']}", err=True)
 
