@@ -1,4 +1,4 @@
--- mdp schema, version 2: the ranges `mdp backfill` (and the Dagster history asset) fetched.
+-- mdp schema, version 3: the ranges `mdp backfill` (and the Dagster history asset) fetched.
 --
 -- One row per historical request answered and stored: its bars are committed to mdp.bars,
 -- or it had none (bars = 0: IB said "no data"). A backfill asks only for the parts of its
