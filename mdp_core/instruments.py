@@ -7,7 +7,7 @@ Compact form ``SYMBOL:SECTYPE[:EXCHANGE[:CURRENCY[:EXPIRY]]]``::
     SAP:STK:IBIS:EUR          a stock elsewhere
     EUR:CASH:IDEALPRO:USD     the EUR.USD FX pair (IDEALPRO and USD are the defaults)
     ES:FUT:CME:USD:202503     a futures contract (expiry YYYYMM or YYYYMMDD)
-    ES:CONTFUT:CME            the continuous future (history; live data follows the front month)
+    ES:CONTFUT:CME            the continuous future (IB serves it for history only)
     SPX:IND:CBOE              an index
 
 ``parse_instrument`` reads an id into a frozen ``InstrumentSpec``; ``spec.id`` is the
