@@ -52,6 +52,7 @@ BENCHMARKS = [
     Benchmark("rollups", "benchmarks.bench_rollups", "Rollups: SQL vs pandas"),
     Benchmark("read", "benchmarks.bench_read", "Reading bars back (read_bars, export)"),
     Benchmark("import", "benchmarks.bench_import", "Bulk import of bars (mdp import)"),
+    Benchmark("backfill", "benchmarks.bench_backfill", "Backfill from IB at IB's pacing"),
 ]
 BY_NAME = {b.name: b for b in BENCHMARKS}
 
@@ -273,6 +274,20 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         )
     else:
         missing("mdp import >= 0.7 x raw COPY -> upsert limit (bars)", "import")
+    back = _ok(entries.get("backfill"))
+    if back:
+        ratio = back["ratio"]
+        add(
+            f"backfill within {back['target_ratio']} x the pacing rules' lower bound",
+            "backfill",
+            f"{back['elapsed_s']:.1f} s for {back['runs'][0]['requests']} requests "
+            f"(pacing x {back['pacing_scale']:g})",
+            f"lower bound {back['bound_s']:.1f} s",
+            "-" if ratio is None else f"{ratio:.2f} x",
+            back["passed"],
+        )
+    else:
+        missing("backfill within 1.2 x the pacing rules' lower bound", "backfill")
     return rows
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from mdp_core.logs import configure_logging
-from mdp_dagster import dlq, export, health, rollups, streaming
+from mdp_dagster import dlq, export, health, history, rollups, streaming
 from mdp_dagster.export import ExportResource
 from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
 from mdp_dagster.resources import DlqResource, StoreResource
@@ -35,5 +35,6 @@ defs = dg.Definitions.merge(
     export.defs,
     health.defs,
     dlq.defs,
+    history.defs,
     dg.Definitions(resources=RESOURCES),
 )

@@ -14,7 +14,14 @@ from typing import Any
 import asyncpg
 import pytest
 
-from benchmarks import bench_import, bench_latency, bench_memory, bench_read, bench_rollups
+from benchmarks import (
+    bench_backfill,
+    bench_import,
+    bench_latency,
+    bench_memory,
+    bench_read,
+    bench_rollups,
+)
 from benchmarks.__main__ import BENCHMARKS, render, section, summary
 from benchmarks.common import RESULTS_DIR, markdown_table, percentile
 from mdp_core.coordinator import CoordinatorSettings
@@ -96,6 +103,24 @@ async def test_import_run_measures_raw_import_and_live_on_the_same_bars(
         assert await bench_import.measure_live(db, path, len(rows)) > 0
         assert [tuple(r) for r in await db.pool.fetch(bench_import.STORED_SQL)] == stored
     assert stored == sorted(row[:8] for row in rows)
+async def test_backfill_run_stores_the_trading_minutes_at_ibs_pace(fresh_dsn: str) -> None:
+    from datetime import UTC, datetime
+
+    from mdp_core.gateway import SimulatedGateway
+
+    scale = 0.001  # IB's windows x 0.001, on both sides, as the benchmark does
+    start, end = datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 1, 5, tzinfo=UTC)
+    async with (
+        asyncio.timeout(60),
+        SimulatedGateway(
+            ["AAPL", "MSFT"], port=0, start=datetime(2024, 2, 1, tzinfo=UTC),
+            history_pacing_scale=scale,
+        ) as gw,
+        Database.connect(fresh_dsn, max_size=4) as db,
+    ):  # fmt: skip
+        r = await bench_backfill.measure(gw.port, db, start, end, scale, ["AAPL", "MSFT"])
+    assert r["rows_ok"] and r["balanced"] and r["pacing_violations"] == 0 and r["failed"] == 0
+    assert r["requests"] == 2 * 3 and r["bars"] == 2 * 3 * 390  # a request per session
 
 
 def test_report_renders_every_benchmark_from_its_figures() -> None:
@@ -114,7 +139,7 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 11 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 12 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")

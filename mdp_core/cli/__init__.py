@@ -10,6 +10,7 @@ __all__ = ["main"]
 
 # name -> "module:attribute" of a click command or group
 COMMANDS: dict[str, str] = {
+    "backfill": "mdp_core.cli.backfill:backfill",
     "db": "mdp_core.cli.db:db",
     "dlq": "mdp_core.cli.dlq:dlq",
     "export": "mdp_core.cli.export:export",

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import click
 
+from mdp_core.calendars import get_calendar
 from mdp_core.gateway.market import replay_symbol
 from mdp_core.gateway.server import CONTROL_HELP, SimulatedGateway
 from mdp_core.logs import configure_logging
+from mdp_core.providers.ibkr.pacing import PacingRules
 
 __all__ = ["gateway"]
 
@@ -72,6 +74,10 @@ async def _serve(gw: SimulatedGateway) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {gw.host}:{gw.port}: {exc}") from None
     loop = asyncio.get_running_loop()
+    # Build the instruments' exchange calendars (about a second each) before the first
+    # historical request with useRTH needs them.
+    calendars = {gw.instrument(s).spec.calendar for s in gw.symbols}
+    warming = asyncio.gather(*(asyncio.to_thread(get_calendar, c) for c in calendars))
     commands: asyncio.Queue[str | None] = asyncio.Queue()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, commands.put_nowait, "quit")
@@ -97,6 +103,7 @@ async def _serve(gw: SimulatedGateway) -> None:
             if reply:
                 click.echo(reply)
     finally:
+        await asyncio.gather(warming, return_exceptions=True)
         await gw.stop()
         click.echo(f"gateway stopped; totals {gw.stats()['totals']}", err=True)
 
@@ -108,7 +115,8 @@ async def _serve(gw: SimulatedGateway) -> None:
     "--symbols",
     default="AAPL,MSFT",
     show_default=True,
-    help="Random-walk symbols, comma-separated.",
+    help="Random-walk instruments, comma-separated ids: AAPL, EUR:CASH:IDEALPRO:USD, "
+    "ES:FUT:CME:USD:202503, ES:CONTFUT:CME, SPX:IND:CBOE.",
 )
 @click.option("--seed", default=1, show_default=True, type=int, help="Seed of the market models.")
 @click.option(
@@ -142,6 +150,14 @@ async def _serve(gw: SimulatedGateway) -> None:
 )
 @click.option("--pacing-limit", type=int, default=None, help="Requests/s before error 100.")
 @click.option(
+    "--history-pacing-scale", default=1.0, show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Multiply the windows of IB's historical pacing rules (error 162) by this.",
+)  # fmt: skip
+@click.option(
+    "--no-history-pacing", is_flag=True, help="Do not enforce IB's historical pacing rules."
+)
+@click.option(
     "--start",
     "start",
     type=click.DateTime(["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]),
@@ -163,6 +179,8 @@ def gateway(
     tick_interval: float,
     trades_per_bar: str,
     pacing_limit: int | None,
+    history_pacing_scale: float,
+    no_history_pacing: bool,
     start: datetime | None,
     log_level: str | None,
 ) -> None:
@@ -174,7 +192,7 @@ def gateway(
     configure_logging(level=log_level)
     try:
         gw = SimulatedGateway(
-            symbols=[s for s in symbols.split(",") if s.strip()],
+            symbols=[s for s in symbols.split(",") if s.strip()],  # instrument ids
             host=host,
             port=port,
             seed=seed,
@@ -187,6 +205,8 @@ def gateway(
             tick_interval=tick_interval,
             trades_per_bar=_trades_range(trades_per_bar),
             pacing_limit=pacing_limit,
+            history_pacing=None if no_history_pacing else PacingRules(),
+            history_pacing_scale=history_pacing_scale,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -18,7 +18,6 @@ from mdp_core.gateway.market import (
     BAR_SECONDS,
     MarketModel,
     MinuteRow,
-    RandomWalkModel,
     ReplayModel,
     SimBar,
     SimClock,
@@ -26,6 +25,7 @@ from mdp_core.gateway.market import (
     aggregate_bars,
     load_minute_file,
 )
+from mdp_core.gateway.random_walk import RandomWalkModel
 from mdp_core.gateway.server import (
     CONTROL_HELP,
     RecordedRequest,

@@ -8,10 +8,9 @@ periods a client missed while disconnected), and tell a test exactly which bars 
 
 Two models:
 
-- ``RandomWalkModel``: a seeded geometric random walk. Log-prices at 5-second points are
-  built by Brownian-bridge midpoint displacement between independent anchors every
-  ``BLOCK_SECONDS``, so any point is computed without walking from an origin. Each bar
-  holds a seeded number of trades; the bar's OHLCV is exactly the aggregate of its trades.
+- ``RandomWalkModel`` (in ``random_walk``): a seeded geometric random walk, computed a
+  block of 4096 bars at a time with numpy; each bar's OHLCV is exactly the aggregate of
+  its trades.
 - ``ReplayModel``: real 1-minute bars from a file, mapped cyclically onto simulated time.
   Each minute is expanded into twelve 5-second bars whose aggregate is exactly that
   minute's open/high/low/close/volume, plus plausible trades inside each bar.
@@ -28,7 +27,6 @@ import random
 import re
 import time
 from abc import ABC, abstractmethod
-from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -45,7 +43,6 @@ __all__ = [
     "BLOCK_SECONDS",
     "MarketModel",
     "MinuteRow",
-    "RandomWalkModel",
     "ReplayModel",
     "SimBar",
     "SimClock",
@@ -61,14 +58,7 @@ BAR_SECONDS = 5
 _BLOCK_LEVELS = 12
 #: Spacing of the random walk's independent anchors (5 s * 2**12, about 5.7 hours).
 BLOCK_SECONDS = BAR_SECONDS * 2**_BLOCK_LEVELS
-_DAY = 86_400.0
 WHAT_TO_SHOW: tuple[str, ...] = ("TRADES", "MIDPOINT", "BID", "ASK")
-
-# Plausible starting prices for well-known symbols; others get a seeded price.
-_BASE_PRICES = {
-    "AAPL": 190.0, "MSFT": 420.0, "SPY": 500.0, "QQQ": 440.0, "GOOGL": 170.0,
-    "AMZN": 180.0, "NVDA": 120.0, "TSLA": 250.0, "META": 500.0, "IWM": 200.0,
-}  # fmt: skip
 
 
 def to_epoch(value: float | datetime) -> float:
@@ -329,6 +319,28 @@ class MarketModel(ABC):
                 return ticks[-1]
         return None
 
+    def window_bars(
+        self,
+        start: int,
+        end: int,
+        seconds: int,
+        what_to_show: str = "TRADES",
+        sessions: Sequence[tuple[float, float]] | None = None,
+    ) -> list[SimBar]:
+        """Bars of ``seconds`` (a multiple of 5) for every epoch-aligned window inside
+        ``[start, end)``, each the exact aggregate (``aggregate_bars``) of its 5-second bars;
+        with ``sessions`` (sorted, disjoint ``[lo, hi)`` epoch intervals) only the 5-second
+        bars starting inside one of them count. Windows without bars are left out."""
+        out = []
+        for w in range(_ceil(start, seconds), _floor(end, seconds), seconds):
+            slots = range(w, w + seconds, BAR_SECONDS)
+            if sessions is not None:
+                slots = [t for t in slots if _inside(t, sessions)]  # type: ignore[assignment]
+            parts = [b for t in slots if (b := self.bar(t, what_to_show))]
+            if parts:
+                out.append(aggregate_bars(parts, w, seconds))
+        return out
+
     def partial_bar(self, start: int, before: float, what_to_show: str = "TRADES") -> SimBar | None:
         """The bar starting at ``start`` as it stands at time ``before`` (ticks before it)."""
         if before >= start + BAR_SECONDS:
@@ -339,89 +351,6 @@ class MarketModel(ABC):
         if what_to_show == "TRADES":
             return _bar_from_ticks(self.symbol, start, ticks)
         return _quote_bar(self.symbol, start, ticks, what_to_show)
-
-
-class RandomWalkModel(MarketModel):
-    """Seeded random walk around ``base_price`` with daily volatility ``volatility``.
-
-    Anchors every ``BLOCK_SECONDS`` are independent draws around the base price (so prices
-    stay in a band over long runs); between anchors a Brownian bridge fills the 5-second
-    points. Each bar has ``trades_per_bar`` (inclusive range) seeded trades; its OHLCV is
-    their aggregate. Prices are rounded to the cent.
-    """
-
-    def __init__(
-        self,
-        symbol: str,
-        seed: int = 1,
-        *,
-        base_price: float | None = None,
-        volatility: float = 0.02,
-        trades_per_bar: tuple[int, int] = (1, 8),
-        cache_size: int = 4096,
-    ) -> None:
-        super().__init__(symbol, cache_size)
-        lo, hi = trades_per_bar
-        if not 1 <= lo <= hi:
-            raise ValueError(f"invalid trades_per_bar {trades_per_bar!r}: expected 1 <= lo <= hi")
-        if not volatility > 0:
-            raise ValueError(f"invalid volatility {volatility!r}: expected a number > 0")
-        self.seed = seed
-        if base_price is None:
-            base_price = _BASE_PRICES.get(symbol, 20.0 + _seed(seed, symbol, "base") % 48_000 / 100)
-        if not base_price > 0:
-            raise ValueError(f"invalid base_price {base_price!r}: expected a price > 0")
-        self.base_price = float(base_price)
-        self.volatility = float(volatility)
-        self.trades_per_bar = (lo, hi)
-        self._sigma = volatility / math.sqrt(_DAY)  # log-price sd per sqrt(second)
-        self._blocks: OrderedDict[int, array[float]] = OrderedDict()
-
-    def _anchor(self, block: int) -> float:
-        z = random.Random(_seed(self.seed, self.symbol, "anchor", block)).gauss(0.0, 1.0)
-        return math.log(self.base_price) + self.volatility * z
-
-    def _block(self, block: int) -> array[float]:
-        values = self._blocks.get(block)
-        if values is not None:
-            self._blocks.move_to_end(block)
-            return values
-        n = 2**_BLOCK_LEVELS
-        values = array("d", bytes(8 * (n + 1)))
-        values[0], values[n] = self._anchor(block), self._anchor(block + 1)
-        rng = random.Random(_seed(self.seed, self.symbol, "block", block))
-        step = n
-        while step > 1:
-            half = step // 2
-            sd = self._sigma * math.sqrt(step * BAR_SECONDS) / 2
-            for i in range(half, n, step):
-                values[i] = (values[i - half] + values[i + half]) / 2 + sd * rng.gauss(0.0, 1.0)
-            step = half
-        self._blocks[block] = values
-        if len(self._blocks) > 8:
-            self._blocks.popitem(last=False)
-        return values
-
-    def price_at(self, t: int) -> float:
-        """The walk's (unrounded) price at the 5-second point ``t``."""
-        block, offset = divmod(t, BLOCK_SECONDS)
-        return math.exp(self._block(block)[offset // BAR_SECONDS])
-
-    def _generate(self, start: int) -> _Slot:
-        p0, p1 = self.price_at(start), self.price_at(start + BAR_SECONDS)
-        rng = random.Random(_seed(self.seed, self.symbol, "bar", start))
-        r = rng.random
-        lo, hi = self.trades_per_bar
-        n = lo + int(r() * (hi - lo + 1))
-        noise = p0 * self._sigma * math.sqrt(BAR_SECONDS) / 2
-        offsets = sorted(min(round(r() * BAR_SECONDS, 3), 4.999) for _ in range(n))
-        ticks = []
-        for u in offsets:
-            price = p0 + (p1 - p0) * u / BAR_SECONDS + noise * rng.gauss(0.0, 1.0)
-            last = max(0.01, round(price, 2))
-            size = float((1 + int(r() * 10)) * 100)
-            ticks.append(_quote_around(rng, self.symbol, round(start + u, 3), last, size))
-        return _bar_from_ticks(self.symbol, start, ticks), tuple(ticks)
 
 
 class MinuteRow(NamedTuple):
@@ -666,13 +595,19 @@ class ReplayModel(MarketModel):
 
 
 def bars_in_windows(
-    model: MarketModel, start: int, end: int, seconds: int, what_to_show: str = "TRADES"
+    model: MarketModel,
+    start: int,
+    end: int,
+    seconds: int,
+    what_to_show: str = "TRADES",
+    sessions: Sequence[tuple[float, float]] | None = None,
 ) -> list[SimBar]:
-    """Bars of ``seconds`` (a multiple of 5) for every window inside ``[start, end)``
-    (windows aligned to the epoch, empty windows left out)."""
-    out = []
-    for w in range(_ceil(start, seconds), _floor(end, seconds), seconds):
-        parts = [b for t in range(w, w + seconds, BAR_SECONDS) if (b := model.bar(t, what_to_show))]
-        if parts:
-            out.append(aggregate_bars(parts, w, seconds))
-    return out
+    """``model.window_bars(...)``: bars of ``seconds`` for every epoch-aligned window inside
+    ``[start, end)`` (empty windows left out), of the 5-second bars inside ``sessions``."""
+    return model.window_bars(start, end, seconds, what_to_show, sessions)
+
+
+def _inside(t: float, sessions: Sequence[tuple[float, float]]) -> bool:
+    """Whether ``t`` lies in one of the sorted, disjoint ``[lo, hi)`` ``sessions``."""
+    i = bisect_right(sessions, (t, math.inf)) - 1
+    return i >= 0 and sessions[i][0] <= t < sessions[i][1]

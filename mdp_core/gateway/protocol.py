@@ -1,8 +1,7 @@
 """TWS message ids, tick types, error codes, request layouts and reply builders.
 
-Layouts follow what ib_async 2.1 sends and decodes at server version 178 (see
-/work/shared/reference/tws-protocol.md section 2). Request parsers read fields
-positionally and raise ``MalformedRequest`` naming the field that does not parse.
+Layouts follow what ib_async 2.1 sends and decodes at server version 178. Request parsers
+read fields positionally and raise ``MalformedRequest`` naming the field that does not parse.
 """
 
 from __future__ import annotations
@@ -391,6 +390,7 @@ def tick_frames(
     delayed: bool,
     rt_volume: bool,
     previous: SimTick | None = None,
+    trades: bool = True,
 ) -> list[bytes]:
     """The messages for one trade, sent as TWS sends changes: the quote first, then the trade.
 
@@ -404,7 +404,8 @@ def tick_frames(
 
     No bid/ask tickSize repeats a size the tickPrice just carried: ib_async ignores such a
     tickSize (it returns early when the size equals the ticker's), so it would only cost
-    decoding. Delayed subscriptions get the delayed tick types (66..76, 88) and no RTVolume.
+    decoding. ``trades=False`` (FX: quotes only) sends the bid and ask and nothing of the
+    trade. Delayed subscriptions get the delayed tick types (66..76, 88) and no RTVolume.
 
     Hot path: formatted directly (same bytes as ``encode``; floats via ``repr``).
     """
@@ -418,6 +419,8 @@ def tick_frames(
         frames.append(frame((_PRICE % (req_id, d[2], tick.ask, tick.ask_size)).encode()))
     elif tick.ask_size != previous.ask_size:
         frames.append(frame((_SIZE % (req_id, d[3], tick.ask_size)).encode()))
+    if not trades:
+        return frames
     frames.append(frame((_PRICE % (req_id, d[4], tick.last, tick.last_size)).encode()))
     frames.append(frame((_SIZE % (req_id, d[5], tick.last_size)).encode()))
     frames.append(frame((_SIZE % (req_id, d[8], volume)).encode()))

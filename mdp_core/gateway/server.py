@@ -30,19 +30,21 @@ from types import TracebackType
 from typing import Any, Self
 
 from mdp_core.gateway.codec import MAX_FRAME_BYTES
-from mdp_core.gateway.instruments import Instrument, con_id_for
+from mdp_core.gateway.instruments import Instrument, con_id_for, model_params
 from mdp_core.gateway.market import (
     MarketModel,
-    RandomWalkModel,
     ReplayModel,
     SimBar,
     SimClock,
     SimTick,
 )
 from mdp_core.gateway.protocol import ERROR_TEXTS, MAX_SERVER_VERSION, ContractSpec, error_msg
+from mdp_core.gateway.random_walk import RandomWalkModel
 from mdp_core.gateway.session import RecordedRequest, SentBar, SentTick, Session, SessionInfo
+from mdp_core.instruments import canonical_id, parse_instrument
 from mdp_core.logs import logger
 from mdp_core.providers.base import normalize_symbols
+from mdp_core.providers.ibkr.pacing import PacingLedger, PacingRules
 
 __all__ = [
     "CONTROL_HELP",
@@ -71,7 +73,12 @@ class SimulatedGateway:
     """A simulated IB Gateway for real TWS API clients, on ``host:port`` (127.0.0.1 default).
 
     Args:
-        symbols: symbols streamed from seeded random walks (``"AAPL,MSFT"`` works too).
+        symbols: instruments streamed from seeded random walks, by instrument id
+            (``mdp_core.instruments``): stocks (``"AAPL,MSFT"`` works too), FX
+            (``EUR:CASH:IDEALPRO:USD``: quotes only, no TRADES), futures
+            (``ES:FUT:CME:USD:202503``), continuous futures (``ES:CONTFUT:CME``) and indices
+            (``SPX:IND:CBOE``). They trade around the clock; historical requests with
+            useRTH keep the bars of their exchange's regular sessions (exchange_calendars).
         port: TCP port; 0 picks a free one (read ``gw.port`` after ``start()``).
         seed: seed of every model; same seed and configuration -> same bars and ticks.
         time_compression: simulated seconds per real second (60: a simulated minute per second).
@@ -88,8 +95,12 @@ class SimulatedGateway:
         tick_interval: real seconds between data pumps.
         trades_per_bar: inclusive range of trades (tick bursts) per 5-second bar.
         pacing_limit: requests per second per connection above which error 100 is sent (None: off).
-        max_history_bars: largest historical request, in 5-second bars (50 000 is about 2.9
-            days); larger ones get error 162. Bars are computed on the event loop.
+        max_history_bars: largest historical request, in 5-second bars (the default, about
+            400 days, covers IB's largest request, 1 Y of daily bars); larger ones get error
+            162. Bars are computed on the event loop (a month of 5-second bars in about 0.5 s).
+        history_pacing: IB's historical-data pacing rules (``PacingRules``; its defaults are
+            IB's), enforced across all clients with error 162 "pacing violation"; None: off.
+        history_pacing_scale: multiplies the rules' windows (0.01: 10 minutes become 6 s).
 
     Python API: ``start()``/``stop()`` (or ``async with``); ``port``; ``now()``;
     ``bars_between(symbol, start, end)``/``ticks_between``; ``stats()``; ``requests``,
@@ -120,7 +131,9 @@ class SimulatedGateway:
         pacing_limit: int | None = None,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_write_buffer: int = 64 * 1024 * 1024,
-        max_history_bars: int = 50_000,
+        max_history_bars: int = 7_000_000,
+        history_pacing: PacingRules | None = PacingRules(),
+        history_pacing_scale: float = 1.0,
         log_size: int = 10_000,
     ) -> None:
         self.host = host
@@ -142,6 +155,12 @@ class SimulatedGateway:
         self.max_frame_bytes = max_frame_bytes
         self.max_write_buffer = max_write_buffer
         self.max_history_bars = max_history_bars
+        self.history_pacing: PacingLedger | None = (
+            PacingLedger(history_pacing.scaled(history_pacing_scale))
+            if history_pacing is not None
+            else None
+        )
+        self._real_clock = clock
         self.ignored_requests: set[int] = set()
         self.requests: deque[RecordedRequest] = deque(maxlen=log_size)
         self.sent_ticks: deque[SentTick] = deque(maxlen=log_size)
@@ -152,8 +171,9 @@ class SimulatedGateway:
         self._symbol_stats: dict[str, Counter[str]] = {}
         delayed = set(normalize_symbols(delayed_symbols)) if delayed_symbols else set()
         for symbol in normalize_symbols(symbols) if symbols else []:
+            params = model_params(parse_instrument(symbol))
             model = RandomWalkModel(
-                symbol, seed, volatility=volatility, trades_per_bar=trades_per_bar
+                symbol, seed, volatility=volatility, trades_per_bar=trades_per_bar, **params
             )
             self.add_instrument(model, live=symbol not in delayed)
         items: Iterable[tuple[str | None, str | Path]] = (
@@ -198,10 +218,11 @@ class SimulatedGateway:
         return list(self._instruments)
 
     def instrument(self, symbol: str) -> Instrument:
-        """The instrument of ``symbol``; KeyError naming the known symbols otherwise."""
+        """The instrument of ``symbol`` (an instrument id, any spelling); KeyError naming the
+        known ones otherwise."""
         try:
-            return self._instruments[symbol.upper()]
-        except KeyError:
+            return self._instruments[canonical_id(symbol)]
+        except (KeyError, ValueError):
             raise KeyError(
                 f"unknown symbol {symbol!r}: the gateway serves {self.symbols}"
             ) from None
@@ -230,11 +251,17 @@ class SimulatedGateway:
         """Every tick of ``symbol`` with time in ``[start, end)``."""
         return self.model(symbol).ticks_between(start, end)
 
+    def _matching(self, spec: ContractSpec) -> list[Instrument]:
+        """Every instrument a request's contract designates (more than one: ambiguous)."""
+        return [i for i in self._instruments.values() if i.matches(spec)]
+
     def _resolve(self, spec: ContractSpec) -> Instrument | None:
-        if not spec.con_id:
-            inst = self._instruments.get(spec.symbol.upper())
-            return inst if inst is not None and inst.matches(spec) else None
-        return next((i for i in self._instruments.values() if i.matches(spec)), None)
+        found = self._matching(spec)
+        return found[0] if len(found) == 1 else None
+
+    def real_time(self) -> float:
+        """The real monotonic clock (pacing is in real time, not simulated time)."""
+        return self._real_clock()
 
     # ---- lifecycle -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from mdp_core.calendars import open_intervals
 from mdp_core.gateway.codec import API_PREFIX, FrameError, decode_payload, encode, read_frame
 from mdp_core.gateway.history import (
     format_bar_date,
@@ -54,6 +55,7 @@ from mdp_core.gateway.protocol import (
     tick_frames,
 )
 from mdp_core.logs import logger
+from mdp_core.providers.ibkr.history import MAX_DURATION
 
 if TYPE_CHECKING:
     from mdp_core.gateway.server import SimulatedGateway
@@ -150,6 +152,7 @@ class _TickSub:
     delayed: bool
     rt_volume: bool
     stats: Counter[str]
+    trades: bool = True  # False: quotes only (FX)
     volume: float = 0.0
     notional: float = 0.0
     last_sent: SimTick | None = None
@@ -475,11 +478,11 @@ class Session:
 
     def _contract_details(self, fields: list[str]) -> list[bytes]:
         req = ContractDetailsRequest.parse(fields)
-        inst = self.gw._resolve(req.contract)
-        if inst is None:
+        found = self.gw._matching(req.contract)  # several: ambiguous, like IB's answer
+        if not found:
             return [error_msg(req.req_id, 200)]
         return [
-            contract_data(req.req_id, inst, req.contract.exchange),
+            *(contract_data(req.req_id, inst, req.contract.exchange) for inst in found),
             encode(Out.CONTRACT_DATA_END, 1, req.req_id),
         ]
 
@@ -502,7 +505,9 @@ class Session:
         frames.append(encode(Out.TICK_REQ_PARAMS, req_id, 0.01, "9c0001", 3))
         now = gw.now()
         rt_volume = "233" in req.generic_ticks.split(",")
-        sub = _TickSub(req_id, inst, delayed, rt_volume, gw._symbol_stats[inst.symbol])
+        sub = _TickSub(
+            req_id, inst, delayed, rt_volume, gw._symbol_stats[inst.symbol], inst.has_trades
+        )
         sub.seek(now)
         if not gw.data_paused:
             last = inst.model.last_tick_before(now)
@@ -537,6 +542,9 @@ class Session:
             return [error_msg(req_id, 420, error_text(420, detail))]
         if req.what_to_show not in WHAT_TO_SHOW:
             return [error_msg(req_id, 321)]
+        if req.what_to_show == "TRADES" and not inst.has_trades:
+            detail = f"no TRADES for {inst.local_symbol} (FX): use MIDPOINT, BID or ASK"
+            return [error_msg(req_id, 420, error_text(420, detail))]
         if self._lines_used() >= self.gw.max_lines:
             return [error_msg(req_id, 101)]
         cursor = int(self.gw.now() // BAR_SECONDS) * BAR_SECONDS
@@ -549,6 +557,9 @@ class Session:
         inst = gw._resolve(req.contract)
         if inst is None:
             return [error_msg(req_id, 200)]
+        refusal = self._pace_history(req, inst)
+        if refusal is not None:
+            return [refusal]
         now = gw.now()
         try:
             seconds = parse_bar_size(req.bar_size)
@@ -558,8 +569,19 @@ class Session:
                 raise ValueError(
                     f"unsupported whatToShow {req.what_to_show!r}: expected {WHAT_TO_SHOW}"
                 )
+            if req.what_to_show == "TRADES" and not inst.has_trades:
+                raise ValueError(
+                    f"No historical market data for {inst.local_symbol}/CASH@"
+                    f"{inst.spec.exchange} Trades: FX has no trades; use MIDPOINT, BID or ASK"
+                )
             if req.keep_up_to_date and req.end.strip():
                 raise ValueError("End date not supported with live updates")
+            longest = MAX_DURATION.get(seconds)
+            if longest is not None and duration > longest:
+                raise ValueError(
+                    f"duration {req.duration!r} is longer than IB serves for "
+                    f"{req.bar_size!r} bars ({longest} S)"
+                )
             if duration / BAR_SECONDS > gw.max_history_bars:
                 raise ValueError(
                     f"duration {req.duration!r} spans more than {gw.max_history_bars} 5-second bars"
@@ -567,9 +589,30 @@ class Session:
         except ValueError as exc:
             return [error_msg(req_id, 162, error_text(162, str(exc)))]
         start = end - duration
-        bars = bars_in_windows(inst.model, int(start), int(end), seconds, req.what_to_show)
-        if not bars:  # ib_async ignores keepUpToDate updates after an empty first answer
+        sessions = (
+            [
+                (lo.timestamp(), hi.timestamp())
+                for lo, hi in open_intervals(
+                    inst.spec.calendar,
+                    datetime.fromtimestamp(start, UTC),
+                    datetime.fromtimestamp(end, UTC),
+                )
+            ]
+            if req.use_rth
+            else None
+        )
+        bars = bars_in_windows(
+            inst.model, int(start), int(end), seconds, req.what_to_show, sessions
+        )
+        if not bars and req.keep_up_to_date:
+            # ib_async ignores keepUpToDate updates after an empty first answer
             bars = self._latest_window(inst.model, int(start), seconds, req.what_to_show)
+        if not bars:
+            detail = (
+                f"HMDS query returned no data: {inst.local_symbol}@{inst.spec.exchange} "
+                f"{req.what_to_show.title()}"
+            )
+            return [error_msg(req_id, 162, error_text(162, detail))]
         rows: list[Any] = []
         for b in bars:
             date = format_bar_date(b.time, seconds, req.format_date)
@@ -592,6 +635,31 @@ class Session:
             )
         return frames
 
+    def _pace_history(self, req: HistoricalDataRequest, inst: Instrument) -> bytes | None:
+        """Error 162 if the request breaks IB's historical pacing rules (then it does not
+        count); else count it and return None."""
+        ledger = self.gw.history_pacing
+        if ledger is None:
+            return None
+        now = self.gw.real_time()
+        ledger.prune(now)
+        contract = (inst.symbol, req.contract.exchange.upper(), req.what_to_show)
+        request = (
+            inst.symbol, req.end, req.bar_size, req.duration, req.use_rth, req.what_to_show,
+            req.format_date, req.keep_up_to_date,
+        )  # fmt: skip
+        rule = ledger.violation(now, contract, request)
+        if rule is None:
+            ledger.add(contract, request, now)
+            return None
+        self.gw._count("history_pacing_violations")
+        logger.warning(
+            f"gateway: {self} broke IB's historical pacing ({rule}); answering error 162"
+        )
+        return error_msg(
+            req.req_id, 162, error_text(162, "Historical data request pacing violation")
+        )
+
     @staticmethod
     def _latest_window(model: MarketModel, before: int, seconds: int, what: str) -> list[SimBar]:
         w = before // seconds * seconds
@@ -609,7 +677,7 @@ class Session:
         sub.notional += tick.last * tick.last_size
         frames = tick_frames(
             sub.req_id, tick, sub.volume, sub.notional / sub.volume, sub.delayed, sub.rt_volume,
-            sub.last_sent,
+            sub.last_sent, sub.trades,
         )  # fmt: skip
         sub.last_sent = tick
         stats = sub.stats

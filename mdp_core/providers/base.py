@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Self, TypeVar
 
+from mdp_core.instruments import canonical_id
 from mdp_core.models import normalize_symbol, parse_resolution
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ class ProviderError(RuntimeError):
 
 def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
     """Symbols normalised by the records' rule (``models.normalize_symbol``: stripped,
-    upper-cased, 1-64 printable characters) and de-duplicated, in order; ``"AAPL,MSFT"``
-    works too.
+    upper-cased, 1-64 printable characters), instrument ids (``EUR:CASH``, see
+    ``mdp_core.instruments``) in their canonical form, de-duplicated, in order;
+    ``"AAPL,MSFT"`` works too.
 
     Raises ``ValueError`` naming the bad entry (pydantic reports only ``ValueError``)."""
     if isinstance(symbols, str):
@@ -44,6 +46,8 @@ def normalize_symbols(symbols: str | Iterable[str]) -> list[str]:
         if not isinstance(raw, str):
             raise ValueError(f"invalid symbol {raw!r}: expected a str")
         symbol = normalize_symbol(raw)
+        if ":" in symbol:
+            symbol = canonical_id(symbol)
         if symbol not in out:
             out.append(symbol)
     if not out:

@@ -42,7 +42,7 @@ def test_embedded_lifecycle(outside_home: Path) -> None:
         code, out = _mdp("status")
         assert code == 0, out
         assert f"pid {server.status().pid}" in out
-        assert "schema:   version 2" in out
+        assert "schema:   version 3" in out
         assert "mdp.quotes: 0" in out
 
         code, out = _mdp("url")
@@ -53,7 +53,7 @@ def test_embedded_lifecycle(outside_home: Path) -> None:
 
         code, out = _mdp("migrate")
         assert code == 0, out
-        assert "schema up to date (002_partial_bars)" in out
+        assert "schema up to date (003_backfill_ranges)" in out
         assert "applied" not in out  # nothing was pending
 
         code, out = _mdp("start")  # idempotent: reuses the running server

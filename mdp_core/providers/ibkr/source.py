@@ -38,6 +38,7 @@ from typing import Any, Literal
 from mdp_core.channel import Channel, Overflow
 from mdp_core.coordinator import RetryPolicy
 from mdp_core.edge import Edge
+from mdp_core.instruments import contract_for, what_to_show_for
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record, parse_resolution, resolution_seconds
 from mdp_core.providers.base import ProviderError, ProviderSource
@@ -101,8 +102,11 @@ class IBKRStreamSource(ProviderSource[Record]):
             edge). ``channel_overflow=None``: ``conflate`` for quotes, ``block`` for bars.
         what_to_show: ``TRADES`` (default), ``MIDPOINT``, ``BID`` or ``ASK`` (bars).
         use_rth: regular trading hours only (default ``ibkr_settings.use_rth``).
-        contract_factory: symbol -> ib_async contract (default ``Stock(symbol, "SMART",
-            "USD")``). Records keep the requested symbol.
+        contract_factory: symbol -> ib_async contract (default: the instrument id's,
+            ``mdp_core.instruments.contract_for``: ``AAPL`` is ``Stock("AAPL", "SMART",
+            "USD")``, ``EUR:CASH:IDEALPRO:USD`` the EUR.USD pair, ...). Records keep the
+            requested symbol. Bars of FX (``secType`` CASH) are MIDPOINT when
+            ``what_to_show`` is TRADES: IB has no FX trades.
         generic_ticks: ``genericTickList`` of ``reqMktData``.
         backfill: after a reconnect or resubscription (bars), fetch the missed 5-second
             bars with ``reqHistoricalData``; ``max_backfill_seconds`` caps the gap asked for.
@@ -218,7 +222,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         self.channel_overflow: Overflow = channel_overflow
         self.what_to_show = what
         self.use_rth = settings.use_rth if use_rth is None else bool(use_rth)
-        self.contract_factory = contract_factory or self._stock
+        self.contract_factory = contract_factory or contract_for  # instrument ids
         self.generic_ticks = generic_ticks
         self.backfill = backfill
         self.max_backfill_seconds = max_backfill_seconds
@@ -512,10 +516,6 @@ class IBKRStreamSource(ProviderSource[Record]):
 
     # -- connecting and subscribing ---------------------------------------------------------
 
-    @staticmethod
-    def _stock(symbol: str) -> Any:
-        return load_ib_library().Stock(symbol, "SMART", "USD")
-
     async def _connect(self) -> None:
         s = self.settings
         self._disconnected = False
@@ -604,8 +604,8 @@ class IBKRStreamSource(ProviderSource[Record]):
         backfilled: list[Bar] = []
         try:
             for state in states:
-                bars = ib.reqRealTimeBars(state.contract, BAR_SECONDS, self.what_to_show,
-                                          self.use_rth, [])  # fmt: skip
+                what = what_to_show_for(state.contract, self.what_to_show)  # FX: MIDPOINT
+                bars = ib.reqRealTimeBars(state.contract, BAR_SECONDS, what, self.use_rth, [])
                 state.subscription = bars
                 self._by_subscription[id(bars)] = state
             if self.backfill and self._bars_since is None:
@@ -681,7 +681,8 @@ class IBKRStreamSource(ProviderSource[Record]):
         async with asyncio.timeout(self.backfill_timeout):
             history = await self._ib.reqHistoricalDataAsync(
                 state.contract, endDateTime="", durationStr=f"{seconds} S",
-                barSizeSetting="5 secs", whatToShow=self.what_to_show, useRTH=self.use_rth,
+                barSizeSetting="5 secs", useRTH=self.use_rth,
+                whatToShow=what_to_show_for(state.contract, self.what_to_show),
                 formatDate=2, timeout=0,
             )  # fmt: skip
         error = self._request_errors.pop(getattr(history, "reqId", -1), None)
