@@ -126,13 +126,13 @@ async def measure(
             t0 = time.time()
             await asyncio.sleep(duration)
             t1 = time.time()
-            health = coord.health()
-            backlog = channel.stats.depth + health.queue_depth + health.in_flight
+            health = coord.stats()
+            backlog = channel.stats().depth + health.queue_depth + health.in_flight
             await rt.stop()
             await consumer
             await coord.drain()
             emitted = sum(s.received for s in rt.stats().values())
-        health = coord.health()
+        health = coord.stats()
 
     latencies: list[float] = []
     emitted_in_window = committed_in_window = 0

@@ -142,12 +142,12 @@ async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> di
 
                 async def sample() -> None:
                     while True:
-                        h = coord.health()
+                        h = coord.stats()
                         samples.append({
                             "t": round(time.monotonic() - t_start, 2),
                             "phase": phase,
                             "rss_mib": process.memory_info().rss / MIB,
-                            "channel_depth": channel.stats.depth,
+                            "channel_depth": channel.stats().depth,
                             "queue_depth": h.queue_depth,
                             "in_flight": h.in_flight,
                             "committed": h.committed,
@@ -157,7 +157,7 @@ async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> di
                 sampler = asyncio.create_task(sample())
                 consumer = asyncio.create_task(consume_batches(channel, coord))
                 await asyncio.sleep(warmup)
-                committed_before = coord.health().committed
+                committed_before = coord.stats().committed
                 rate_before = committed_before / (time.monotonic() - t_start)
                 rss_before = process.memory_info().rss
                 phase = "stall"
@@ -173,7 +173,7 @@ async def child_run(dsn: str, stall: float, warmup: float, recover: float) -> di
                 await coord.drain()
                 sampler.cancel()
                 emitted = sum(s.received for s in rt.stats().values())
-            h = coord.health()
+            h = coord.stats()
         rows = await db.count("quotes")
         gc.collect()
         rss_drained = process.memory_info().rss

@@ -172,7 +172,7 @@ async def measure_coordinator(
                 await submit(quote)
             await coord.drain()
         elapsed = time.perf_counter() - start
-    health = coord.health()
+    health = coord.stats()
     if health.dead_lettered or health.retries:
         raise RuntimeError(f"coordinator benchmark had failures: {health}")
     await _check(db, len(quotes))

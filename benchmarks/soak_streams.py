@@ -35,12 +35,13 @@ from mdp_core.edge import Edge
 from mdp_core.gateway import SimulatedGateway
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record
-from mdp_core.pipeline import Pipeline, PipelineStats, StreamSpec
+from mdp_core.pipeline import Pipeline, PipelineStats
 from mdp_core.providers.base import ProviderSource
 from mdp_core.providers.ibkr import IBKRStreamSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.settings import IBKRSettings
 from mdp_core.store.database import Database
+from mdp_core.streams import StreamSpec
 
 __all__ = [
     "POISON_SOURCE",
@@ -371,8 +372,8 @@ class InProcessStream:
                 await asyncio.shield(self._task)
         except Exception as exc:
             run.error = f"{type(exc).__name__}: {exc}"
-        stats = self.pipeline.snapshot()
-        run.counters = stats.counters()
+        stats = self.pipeline.stats()
+        run.counters = stats.to_dict()
         run.balanced = stats.balanced
         if run.error is None and stats.error is not None:
             run.error = stats.error

@@ -27,7 +27,7 @@ async def pipeline(ex: Example) -> None:
             async for batch in quotes.iter_batches(500, max_wait=0.25):
                 await coord.submit_many(batch)
             await coord.drain()
-    health = coord.health()
+    health = coord.stats()
     ex.summary(health.committed, health.dead_lettered, health.dropped)
 
 

@@ -33,7 +33,7 @@ async def pipeline(ex: Example) -> None:
             async for bar in bars.iter():
                 await coord.submit(bar)
             await coord.drain()
-    health = coord.health()
+    health = coord.stats()
     ex.summary(health.committed, health.dead_lettered, health.dropped)
 
 

@@ -40,7 +40,7 @@ async def print_health(
     while True:
         await asyncio.sleep(every)
         (stream,) = rt.stats().values()
-        h = coord.health()
+        h = coord.stats()
         print(
             f"health: received {stream.received:,} ({stream.state}), "
             f"channel {stream.channel.depth}, "
@@ -79,7 +79,7 @@ async def pipeline(ex: Example) -> None:
                 await coord.drain()
             finally:
                 monitor.cancel()
-    health = coord.health()
+    health = coord.stats()
     print(f"dead-letter queue: {dlq.directory}")
     ex.summary(health.committed, health.dead_lettered, health.dropped + dedupe_stats.duplicates)
 

@@ -49,7 +49,7 @@ _WHERE = {
     "RuntimeOrchestrator": "mdp_core.runtime",
     "WriteCoordinator": "mdp_core.coordinator",
     "CoordinatorSettings": "mdp_core.coordinator",
-    "CoordinatorRuntimeSettings": "mdp_core.coordinator",
+    "CoordinatorRuntimeSettings": "mdp_core.settings",
     "RetryPolicy": "mdp_core.coordinator",
     "DeadLetterQueue": "mdp_core.dlq",
     "IBKRSettings": "mdp_core.settings",

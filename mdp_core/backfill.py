@@ -36,9 +36,9 @@ from typing import Any
 
 from mdp_core.calendars import get_calendar, open_intervals
 from mdp_core.coordinator import (
-    CoordinatorHealth,
     CoordinatorRuntimeSettings,
     CoordinatorSettings,
+    CoordinatorStats,
     RetryPolicy,
     WriteCoordinator,
 )
@@ -206,7 +206,7 @@ class BackfillResult:
     pacing_violations: int
     waited: float  # seconds spent waiting for the pacing rules
     elapsed: float
-    coordinator: CoordinatorHealth | None
+    coordinator: CoordinatorStats | None
 
     @property
     def received(self) -> int:
@@ -370,7 +370,7 @@ class Backfill:
         )
         own = self._ib is None
         ib: Any = None
-        health: CoordinatorHealth | None = None
+        health: CoordinatorStats | None = None
         try:
             ib = self._ib if not own else await self._connect()
             server_now = await asyncio.wait_for(ib.reqCurrentTimeAsync(), self.request_timeout)
@@ -460,7 +460,7 @@ class Backfill:
             plan.extend(r[k] for r in per_symbol if k < len(r))
         return plan
 
-    async def _fetch_all(self, ib: Any, plan: list[HistoryRequest]) -> CoordinatorHealth:
+    async def _fetch_all(self, ib: Any, plan: list[HistoryRequest]) -> CoordinatorStats:
         sink = _TrackingSink(BarsSink(self.db), self._record)
         coordinator: WriteCoordinator[Bar] = WriteCoordinator(
             sink,
@@ -489,7 +489,7 @@ class Backfill:
             await recorder
         for symbol, n in sink.committed.items():
             self._reports[symbol].committed = n
-        return coordinator.health()
+        return coordinator.stats()
 
     async def _worker(
         self,

@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Channel", "ChannelClosed", "ChannelStats", "Overflow"]
+__all__ = ["Channel", "ChannelClosed", "ChannelOverflow", "ChannelStats"]
 
 T = TypeVar("T")
-Overflow = Literal["block", "drop_oldest", "conflate"]
+ChannelOverflow = Literal["block", "drop_oldest", "conflate"]
 _POLICIES = ("block", "drop_oldest", "conflate")
 
 
@@ -68,7 +68,7 @@ class Channel(Generic[T]):
     def __init__(
         self,
         capacity: int,
-        overflow: Overflow = "block",
+        overflow: ChannelOverflow = "block",
         key_fn: Callable[[T], Hashable] | None = None,
     ) -> None:
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
@@ -80,7 +80,7 @@ class Channel(Generic[T]):
         if key_fn is not None and overflow != "conflate":
             raise ValueError("Channel key_fn is only used with overflow='conflate'")
         self.capacity = capacity
-        self.overflow: Overflow = overflow
+        self.overflow: ChannelOverflow = overflow
         self._conflate = overflow == "conflate"
         self._key_fn: Callable[[T], Hashable] = key_fn or operator.attrgetter("symbol")
         # Under conflate the queue holds [item, key] entries, and _pending maps each key to
@@ -108,8 +108,8 @@ class Channel(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    @property
     def stats(self) -> ChannelStats:
+        """A snapshot of the counters."""
         return ChannelStats(
             capacity=self.capacity,
             depth=len(self._items),
@@ -123,7 +123,7 @@ class Channel(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        s = self.stats
+        s = self.stats()
         return (
             f"Channel(capacity={s.capacity}, overflow={self.overflow!r}, depth={s.depth}, "
             f"dropped={s.dropped}, conflated={s.conflated}, rejected={s.rejected}, "

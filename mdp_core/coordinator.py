@@ -52,21 +52,18 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from mdp_core.circuit import CircuitBreaker, CircuitState
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import Classification, ErrorInfo, classify_error, error_info
 from mdp_core.logs import logger
 from mdp_core.models import Record
+from mdp_core.settings import CoordinatorRuntimeSettings, QueueOverflow
 
 __all__ = [
     "CoordinatorClosedError",
-    "CoordinatorHealth",
     "CoordinatorRuntimeSettings",
     "CoordinatorSettings",
-    "Overflow",
+    "CoordinatorStats",
     "QueueFullError",
     "RetryPolicy",
     "Sink",
@@ -76,10 +73,10 @@ __all__ = [
 
 T = TypeVar("T", bound=Record)
 T_contra = TypeVar("T_contra", contravariant=True)
-Overflow = Literal["block", "drop_oldest", "error"]
 Jitter = Literal["full", "equal", "none"]
-State = Literal["starting", "running", "draining", "stopped"]  # "starting": not started yet
-_THROUGHPUT_WINDOW = 5.0  # seconds of history behind health().throughput
+# "starting": not started yet
+CoordinatorState = Literal["starting", "running", "draining", "stopped"]
+_THROUGHPUT_WINDOW = 5.0  # seconds of history behind stats().throughput
 
 
 class Sink(Protocol[T_contra]):
@@ -191,7 +188,7 @@ class CoordinatorSettings:
     batch_size: int = 500
     flush_interval: float = 0.25
     drain_timeout: float = 30.0
-    overflow: Overflow = "block"
+    overflow: QueueOverflow = "block"
     high_watermark: float = 0.8
     low_watermark: float = 0.5
     on_high_watermark: Callable[[int, int], object] | None = field(default=None, compare=False)
@@ -230,46 +227,12 @@ class CoordinatorSettings:
             )
 
 
-class CoordinatorRuntimeSettings(BaseSettings):
-    """``CoordinatorSettings`` from the environment (``MDP_COORDINATOR_CAPACITY``, ...)."""
-
-    model_config = SettingsConfigDict(env_prefix="MDP_", extra="ignore")
-
-    coordinator_capacity: int = Field(20_000, ge=1)
-    coordinator_workers: int = Field(4, ge=1)
-    coordinator_batch_size: int = Field(500, ge=1)
-    coordinator_flush_interval: float = Field(0.25, ge=0)
-    coordinator_drain_timeout: float = Field(30.0, ge=0)
-    coordinator_overflow: Overflow = "block"
-    coordinator_high_watermark: float = Field(0.8, gt=0, le=1)
-    coordinator_low_watermark: float = Field(0.5, gt=0, lt=1)
-    coordinator_circuit_failure_threshold: int = Field(5, ge=1)
-    coordinator_circuit_reset_timeout: float = Field(0.5, gt=0)
-
-    @model_validator(mode="after")
-    def _watermarks(self) -> Self:
-        if not self.coordinator_low_watermark < self.coordinator_high_watermark:
-            raise ValueError(
-                f"coordinator_low_watermark {self.coordinator_low_watermark} must be below "
-                f"coordinator_high_watermark {self.coordinator_high_watermark}"
-            )
-        return self
-
-    def to_settings(self, **overrides: Any) -> CoordinatorSettings:
-        """The equivalent ``CoordinatorSettings`` (``overrides`` for callbacks and such)."""
-        values = {
-            name.removeprefix("coordinator_"): value for name, value in self.model_dump().items()
-        }
-        values.update(overrides)
-        return CoordinatorSettings(**values)
-
-
 @dataclass(frozen=True, slots=True)
-class CoordinatorHealth:
-    """A snapshot of a coordinator (``WriteCoordinator.health()``)."""
+class CoordinatorStats:
+    """A snapshot of a coordinator (``WriteCoordinator.stats()``)."""
 
     name: str
-    state: State
+    state: CoordinatorState
     queue_depth: int
     capacity: int
     in_flight: int
@@ -362,7 +325,7 @@ class WriteCoordinator(Generic[T]):
         self._high_mark = max(1, math.ceil(s.high_watermark * s.capacity))
         self._low_mark = math.floor(s.low_watermark * s.capacity)
         self._queue: deque[T] = deque()
-        self._state: State = "starting"
+        self._state: CoordinatorState = "starting"
         self._accepting = False
         self._stopping = False  # workers exit once the queue is empty
         self._no_restart = False
@@ -477,7 +440,7 @@ class WriteCoordinator(Generic[T]):
         finally:
             self._state = "stopped"
             self._closed.set()
-        h = self.health()
+        h = self.stats()
         logger.info(
             "coordinator {} stopped: submitted {}, committed {}, dead-lettered {}, dropped {}",
             self.name,
@@ -988,10 +951,10 @@ class WriteCoordinator(Generic[T]):
         span = now - t0
         return (self._committed - c0) / span if span > 0 else 0.0
 
-    def health(self) -> CoordinatorHealth:
+    def stats(self) -> CoordinatorStats:
         """A snapshot of the state, counters and recent throughput."""
         in_flight = sum(len(s) for job in self._jobs.values() for s in job.pending)
-        return CoordinatorHealth(
+        return CoordinatorStats(
             name=self.name,
             state=self._state,
             queue_depth=len(self._queue),
@@ -1018,7 +981,7 @@ class WriteCoordinator(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        h = self.health()
+        h = self.stats()
         return (
             f"WriteCoordinator({self.name!r}, state={h.state}, depth={h.queue_depth}, "
             f"in_flight={h.in_flight}, committed={h.committed}, "

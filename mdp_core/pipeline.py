@@ -1,7 +1,7 @@
 """One supervised stream: provider -> Channel -> operators -> WriteCoordinator -> PostgreSQL.
 
-A ``StreamSpec`` says what to stream (``streams.yaml`` holds a list of them, see
-``load_streams``); a ``Pipeline`` runs one until it is asked to stop, ``max_seconds`` pass or
+A ``StreamSpec`` (``mdp_core.streams``) says what to stream; a ``Pipeline`` runs one until
+it is asked to stop, ``max_seconds`` pass or
 the provider ends, and then drains: every record received at the provider's edge ends
 committed, dead-lettered or in a named drop counter (``PipelineStats.balanced``).
 
@@ -21,178 +21,28 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import asyncpg
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mdp_core.channel import Channel, ChannelStats
-from mdp_core.coordinator import (
-    CoordinatorHealth,
-    CoordinatorRuntimeSettings,
-    CoordinatorSettings,
-    RetryPolicy,
-    WriteCoordinator,
-)
+from mdp_core.coordinator import CoordinatorStats, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
 from mdp_core.logs import logger
-from mdp_core.models import Record, parse_resolution, resolution_timedelta
+from mdp_core.models import Record, resolution_timedelta
 from mdp_core.operators import OperatorStats, deduplicate, throttle
-from mdp_core.providers.base import normalize_symbols
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.runtime import RuntimeOrchestrator
-from mdp_core.settings import IBKRSettings
 from mdp_core.store.database import Database, DatabaseError, LockHeldError
+from mdp_core.streams import StreamSpec
 
-__all__ = [
-    "CoordinatorTuning",
-    "Pipeline",
-    "PipelineStats",
-    "StreamSpec",
-    "StreamsConfigError",
-    "load_streams",
-]
-
-
-# -- configuration ---------------------------------------------------------------------
-
-
-class CoordinatorTuning(BaseModel):
-    """Per-stream overrides of the coordinator settings (unset = ``MDP_COORDINATOR_*``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    capacity: int | None = Field(None, ge=1)
-    workers: int | None = Field(None, ge=1)
-    batch_size: int | None = Field(None, ge=1)
-    flush_interval: float | None = Field(None, ge=0)
-    drain_timeout: float | None = Field(None, ge=0)
-    overflow: Literal["block", "drop_oldest", "error"] | None = None
-
-    def to_settings(self) -> CoordinatorSettings:
-        overrides = {k: v for k, v in self.model_dump().items() if v is not None}
-        return CoordinatorRuntimeSettings().to_settings(**overrides)
-
-
-# Keyword arguments the pipeline passes to the provider itself.
-_RESERVED_OPTIONS = frozenset(
-    {"symbols", "mode", "resolution", "bar_resolution", "max_buffer", "provider", "overflow"}
-)
-
-
-class StreamSpec(BaseModel):
-    """What one stream ingests, and how. One entry of ``streams.yaml``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    provider: str = "ibkr"
-    mode: Literal["quotes", "bars"] = "bars"
-    symbols: list[str]
-    resolution: str = "5s"
-    client_id: int | None = Field(None, ge=0, description="IB API client id (ibkr only)")
-    provider_options: dict[str, Any] = Field(default_factory=dict)
-    channel_capacity: int = Field(8192, ge=1)
-    channel_overflow: Literal["block", "drop_oldest", "conflate"] | None = Field(
-        None,
-        description="when the channel is full; default: the provider's choice "
-        "(IBKR quotes: conflate), else block",
-    )
-    throttle: float | None = Field(None, gt=0, description="max items/s (token bucket)")
-    dedupe_ttl: float | None = Field(None, gt=0, description="drop repeats within seconds")
-    coordinator: CoordinatorTuning = Field(default_factory=CoordinatorTuning)
-    enabled: bool = True
-
-    @field_validator("symbols", mode="before")
-    @classmethod
-    def _symbols(cls, value: Any) -> list[str]:
-        return normalize_symbols(value)
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution(cls, value: str) -> str:
-        return parse_resolution(value)
-
-    @field_validator("provider_options")
-    @classmethod
-    def _options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        taken = sorted(_RESERVED_OPTIONS & set(value))
-        if taken:
-            raise ValueError(
-                f"{', '.join(taken)} cannot be a provider option: set the stream's own field "
-                f"(symbols, mode, resolution, channel_capacity, channel_overflow) instead"
-            )
-        return value
-
-    def provider_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the provider (``client_id`` becomes ``ibkr_settings``)."""
-        kwargs = dict(self.provider_options)
-        if self.client_id is not None and self.provider == "ibkr":
-            kwargs.setdefault("ibkr_settings", IBKRSettings(client_id=self.client_id))
-        return kwargs
-
-
-class StreamsConfigError(ValueError):
-    """``streams.yaml`` is malformed; the message names the entry and the field."""
-
-
-def load_streams(path: str | Path) -> list[StreamSpec]:
-    """Read ``streams.yaml`` (a top-level ``streams:`` list of ``StreamSpec`` entries).
-
-    Raises ``StreamsConfigError`` naming the file, the entry (index and name) and the field
-    for anything malformed, and for duplicate stream names or duplicate IB client ids."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise StreamsConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise StreamsConfigError(f"{path}: not valid YAML: {exc}") from None
-    entries = data.get("streams") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise StreamsConfigError(f"{path}: expected a top-level 'streams:' list of entries")
-    specs: list[StreamSpec] = []
-    for index, entry in enumerate(entries):
-        label = f"streams[{index}]"
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            label += f" ({entry['name']!r})"
-        if not isinstance(entry, dict):
-            raise StreamsConfigError(f"{path}: {label}: expected a mapping, got {entry!r}")
-        try:
-            specs.append(StreamSpec.model_validate(entry))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"field {'.'.join(str(p) for p in err['loc']) or '(entry)'!r}: "
-                f"{err['msg']} (got {err.get('input')!r})"
-                for err in exc.errors()
-            )
-            raise StreamsConfigError(f"{path}: {label}: {problems}") from None
-    _check_unique(path, specs, "name", lambda s: s.name)
-    ibkr = [s for s in specs if s.provider == "ibkr" and s.client_id is not None]
-    _check_unique(path, ibkr, "client_id", lambda s: s.client_id)
-    return specs
-
-
-def _check_unique(
-    path: Path, specs: list[StreamSpec], field: str, key: Callable[[StreamSpec], Any]
-) -> None:
-    seen: dict[Any, str] = {}
-    for spec in specs:
-        value = key(spec)
-        if value in seen:
-            raise StreamsConfigError(
-                f"{path}: streams {seen[value]!r} and {spec.name!r} share {field} {value!r}: "
-                f"expected each stream to have its own {field}"
-            )
-        seen[value] = spec.name
+__all__ = ["STREAM_RETRY_POLICY", "Pipeline", "PipelineStats"]
 
 
 # -- running ----------------------------------------------------------------------------
 
-State = Literal["new", "running", "draining", "finished", "failed"]
+PipelineState = Literal["new", "running", "draining", "finished", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +52,13 @@ class PipelineStats:
 
     stream: str
     run_id: str
-    state: State
+    state: PipelineState
     started_at: datetime | None
     elapsed: float
     received: int  # records the provider handed over, counted at the edge
     dropped: dict[str, int]  # received records that left by a named policy -> how many
     channel: ChannelStats
-    coordinator: CoordinatorHealth
+    coordinator: CoordinatorStats
     rate: float  # records committed per second, recently
     error: str | None
 
@@ -229,7 +79,7 @@ class PipelineStats:
         nothing left pending or unpersisted."""
         return self.pending == 0 and self.coordinator.unpersisted == 0
 
-    def counters(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """Flat JSON-ready counters (heartbeats, Dagster metadata, the CLI summary)."""
         h = self.coordinator
         return {
@@ -337,7 +187,7 @@ class Pipeline:
         self._locks: list[AbstractAsyncContextManager[asyncpg.Connection]] = []
         self._lock_conn: asyncpg.Connection | None = None
         self._stop = asyncio.Event()
-        self._state: State = "new"
+        self._state: PipelineState = "new"
         self._started: float | None = None
         self._started_at: datetime | None = None
         self._error: BaseException | None = None
@@ -415,7 +265,7 @@ class Pipeline:
             await asyncio.gather(*background, return_exceptions=True)
             await self._release_locks()
             self._state = "failed" if self._error is not None else "finished"
-            self._final = self.snapshot()
+            self._final = self.stats()
             await self._heartbeat()
             await self._progress()
             self._log_summary(self._final)
@@ -589,7 +439,7 @@ class Pipeline:
 
     # -- observing -------------------------------------------------------------------------
 
-    def snapshot(self) -> PipelineStats:
+    def stats(self) -> PipelineStats:
         """The current counters (safe to call at any time after ``run`` started)."""
         if self._final is not None:
             return self._final
@@ -599,14 +449,14 @@ class Pipeline:
             for s in self._runtime.stats().values():
                 received += s.received
                 dropped.update(s.dropped)
-        channel = self._channel.stats if self._channel is not None else _NO_CHANNEL
+        channel = self._channel.stats() if self._channel is not None else _NO_CHANNEL
         if self._channel is not None:
             policy = self._channel.overflow
             dropped[policy] += channel.dropped + channel.conflated
             dropped["rejected"] += channel.rejected
         dropped["throttle"] += self._throttle_stats.dropped
         dropped["dedupe"] += self._dedupe_stats.duplicates
-        health = self._coordinator.health()
+        health = self._coordinator.stats()
         dropped["queue_drop_oldest"] += health.dropped
         return PipelineStats(
             stream=self.spec.name,
@@ -629,7 +479,7 @@ class Pipeline:
 
     async def _heartbeat(self) -> None:
         try:
-            counters = self.snapshot().counters()
+            counters = self.stats().to_dict()
             await asyncio.wait_for(
                 self.db.write_heartbeat(self.spec.name, self.run_id, counters), timeout=5
             )
@@ -640,7 +490,7 @@ class Pipeline:
         if self.on_progress is None:
             return
         try:
-            result = self.on_progress(self.snapshot())
+            result = self.on_progress(self.stats())
             if inspect.isawaitable(result):
                 await result
         except Exception as exc:

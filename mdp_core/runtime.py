@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from mdp_core.channel import Channel, ChannelStats, Overflow
+from mdp_core.channel import Channel, ChannelOverflow, ChannelStats
 from mdp_core.edge import Edge
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, parse_resolution
@@ -44,7 +44,7 @@ from mdp_core.windows import can_roll_up
 
 __all__ = ["RuntimeOrchestrator", "StreamStats"]
 
-State = Literal["running", "finished", "failed", "stopped"]
+StreamState = Literal["running", "finished", "failed", "stopped"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ class StreamStats:
     symbols: list[str]
     resolution: str | None  # of the channel's bars (None for quotes)
     native_resolution: str | None  # of the provider's bars, when resampled
-    state: State
+    state: StreamState
     received: int  # records the provider handed over (counted at the edge)
     dropped: dict[str, int]  # received records that left at the edge, by policy
     error: str | None
@@ -76,7 +76,7 @@ class _Stream:
     native_resolution: str | None
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None  # the pump of a pull provider
-    state: State = "running"
+    state: StreamState = "running"
     error: BaseException | None = None
 
 
@@ -128,7 +128,7 @@ class RuntimeOrchestrator:
         symbols: str | Iterable[str],
         max_buffer: int = 4096,
         provider: str | None = None,
-        overflow: Overflow | None = None,
+        overflow: ChannelOverflow | None = None,
         **provider_kwargs: Any,
     ) -> Channel[Quote]:
         """Start ``provider`` (default: settings) streaming quotes of ``symbols`` into a new
@@ -143,7 +143,7 @@ class RuntimeOrchestrator:
         resolution: str = "5s",
         max_buffer: int = 2048,
         provider: str | None = None,
-        overflow: Overflow | None = None,
+        overflow: ChannelOverflow | None = None,
         **provider_kwargs: Any,
     ) -> Channel[Bar]:
         """Start ``provider`` streaming ``resolution`` bars of ``symbols`` into a new channel.
@@ -161,7 +161,7 @@ class RuntimeOrchestrator:
         resolution: str | None,
         max_buffer: int,
         provider: str | None,
-        overflow: Overflow | None,
+        overflow: ChannelOverflow | None,
         provider_kwargs: dict[str, Any],
     ) -> Channel[Any]:
         if self._stopped:
@@ -300,7 +300,7 @@ class RuntimeOrchestrator:
         now = time.monotonic()
         out: dict[str, StreamStats] = {}
         for s in self._streams:
-            state: State = s.state
+            state: StreamState = s.state
             error = s.error or s.edge.error
             if error is not None:
                 state = "failed"
@@ -316,7 +316,7 @@ class RuntimeOrchestrator:
                 dropped=dict(s.edge.dropped),
                 error=None if error is None else f"{type(error).__name__}: {error}",
                 uptime=now - s.started,
-                channel=s.channel.stats,
+                channel=s.channel.stats(),
             )
         return out
 

@@ -10,7 +10,6 @@ else ``$MDP_HOME/export``. The schedule ``bars_parquet_daily`` exports the previ
 01:30 UTC, after its rollups ran (the rollup sensor requests a closed window within minutes).
 """
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,10 +17,10 @@ from typing import Literal
 import dagster as dg
 from dagster import AssetExecutionContext
 
-from mdp_core.settings import get_settings
+from mdp_core.settings import RollupSettings, get_settings
 from mdp_core.store.export import ExportResult, export_bars
 from mdp_dagster.resources import StoreResource
-from mdp_dagster.rollups import ROLLUP_KEYS, Clock, RollupSettings
+from mdp_dagster.rollups import ROLLUP_KEYS, Clock
 
 __all__ = [
     "DAILY",
@@ -46,8 +45,9 @@ class ExportResource(dg.ConfigurableResource):
     format: Literal["parquet", "csv"] = "parquet"
 
     def root(self) -> Path:
-        chosen = self.directory or os.environ.get("MDP_EXPORT_DIR")
-        return Path(chosen).expanduser() if chosen else get_settings().home_dir / "export"
+        settings = get_settings()
+        chosen = self.directory or settings.export_dir
+        return Path(chosen).expanduser() if chosen else settings.home_dir / "export"
 
 
 def export_metadata(root: Path, results: list[ExportResult]) -> dict[str, dg.MetadataValue]:

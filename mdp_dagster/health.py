@@ -36,23 +36,21 @@ from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mdp_core.calendars import open_intervals
 from mdp_core.dlq import DeadLetterRecord
-from mdp_core.pipeline import StreamsConfigError
+from mdp_core.settings import CheckSettings, RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import rollup_mismatches
+from mdp_core.streams import StreamsConfigError
 from mdp_dagster.assets import BARS_5S, QUOTES
 from mdp_dagster.resources import DlqResource, StoreResource
-from mdp_dagster.rollups import PARTITION_LENGTH, ROLLUP_KEYS, RollupSettings
+from mdp_dagster.rollups import PARTITION_LENGTH, ROLLUP_KEYS
 from mdp_dagster.streaming import load_stream_specs
 from mdp_dagster.supervisor import SupervisorPolicy
 
 __all__ = [
     "HEALTH_KEY",
-    "CheckSettings",
     "build_health_defs",
     "defs",
     "open_intervals",
@@ -68,21 +66,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class CheckSettings(BaseSettings):
-    """Check thresholds from ``MDP_CHECK_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="MDP_CHECK_", extra="ignore")
-
-    calendar: str = Field(
-        "XNYS", description="exchange_calendars name of the market's sessions; 24/7 = always"
-    )
-    freshness_minutes: float = Field(5.0, gt=0, description="max age of the newest row")
-    window_minutes: float = Field(60.0, gt=0, description="recent window of the raw checks")
-    gap_max_missing: int = Field(12, ge=0, description="missing 5s slots per symbol allowed")
-    dlq_max_depth: int = Field(1000, ge=0, description="records per kind allowed in the DLQ")
-    cron: str = Field("*/5 * * * *", description="when the health job runs (UTC)")
 
 
 # -- market hours ---------------------------------------------------------------------------

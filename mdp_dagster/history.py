@@ -16,21 +16,20 @@ location loaded.
 
 import warnings
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 from dagster import AssetExecutionContext
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mdp_core.backfill import Backfill, BackfillResult
 from mdp_core.providers.ibkr.pacing import PacingRules
-from mdp_core.settings import IBKRSettings
+from mdp_core.settings import HistorySettings, IBKRSettings
 from mdp_core.store.database import Database
 from mdp_dagster.resources import StoreResource
 from mdp_dagster.streaming import load_stream_specs
 
-__all__ = ["HISTORY_KEY", "HistoryConfig", "HistorySettings", "build_history_defs", "defs"]
+__all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs", "defs"]
 
 HISTORY_KEY = dg.AssetKey(["mdp", "bars_history"])
 GROUP = "market_data"
@@ -41,17 +40,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class HistorySettings(BaseSettings):
-    """History asset configuration from ``MDP_HISTORY_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="MDP_HISTORY_", extra="ignore")
-
-    start: date | None = Field(None, description="first partition (UTC day); default a year ago")
-
-    def first_day(self, now: datetime) -> date:
-        return self.start or (now.astimezone(UTC).date() - timedelta(days=365))
 
 
 class HistoryConfig(dg.Config):

@@ -26,9 +26,8 @@ from dagster import AssetExecutionContext
 from dagster._core.definitions.unresolved_asset_job_definition import (
     UnresolvedAssetJobDefinition,
 )
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import (
     RollupResult,
@@ -44,7 +43,6 @@ from mdp_dagster.resources import StoreResource
 __all__ = [
     "GROUP",
     "ROLLUP_KEYS",
-    "RollupSettings",
     "build_rollup_defs",
     "defs",
     "sparkline",
@@ -70,26 +68,6 @@ Clock = Callable[[], datetime]
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class RollupSettings(BaseSettings):
-    """Rollup configuration from ``MDP_ROLLUP_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="MDP_ROLLUP_", extra="ignore")
-
-    start: date | None = Field(
-        None, description="first partition (UTC day); default: 7 days before loading"
-    )
-    grace_seconds: float = Field(
-        120.0, ge=0, description="wait this long after a window closes before rolling it up"
-    )
-    lookback_hours: float = Field(
-        48.0, gt=0, description="the sensor never requests windows older than this"
-    )
-    max_requests: int = Field(48, ge=1, description="partitions per asset per sensor tick")
-
-    def first_day(self, now: datetime) -> date:
-        return self.start or (now.astimezone(UTC).date() - timedelta(days=7))
 
 
 # -- metadata -------------------------------------------------------------------------------

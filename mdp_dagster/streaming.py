@@ -15,7 +15,6 @@ would instead cancel every task at the interrupt, the coordinator's workers incl
 # No "from __future__ import annotations": Dagster reads the op's annotations at runtime.
 
 import asyncio
-import os
 import threading
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ from pydantic import Field
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
-from mdp_core.pipeline import Pipeline, PipelineStats, StreamsConfigError, StreamSpec, load_streams
+from mdp_core.pipeline import Pipeline, PipelineStats
 from mdp_core.settings import get_settings
 from mdp_core.store.database import Database, LockHeldError
+from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 from mdp_dagster.assets import RAW_ASSETS, raw_asset_for
 from mdp_dagster.logging import LoguruBridge
 from mdp_dagster.resources import DlqResource, StoreResource
@@ -59,7 +59,6 @@ __all__ = [
 
 STREAM_TAG = "mdp/stream"
 KIND_TAG = "mdp/kind"
-STREAMS_FILE_ENV = "MDP_STREAMS_FILE"
 # Extra time, on top of the coordinator's drain timeout and the provider's stop timeout,
 # that the op waits for the pipeline thread after a termination request.
 DRAIN_MARGIN = 30.0
@@ -72,7 +71,7 @@ ACTIVE_STATUSES = [dg.DagsterRunStatus(s) for s in sorted(ACTIVE)]
 
 def streams_file() -> Path:
     """``$MDP_STREAMS_FILE``, else ``streams.yaml`` in the current directory."""
-    return Path(os.environ.get(STREAMS_FILE_ENV) or "streams.yaml").expanduser().resolve()
+    return get_settings().streams_file.expanduser().resolve()
 
 
 def load_stream_specs(path: str | Path | None = None) -> list[StreamSpec]:
@@ -185,17 +184,17 @@ class PipelineThread:
 
     # -- observing -------------------------------------------------------------------------
 
-    def snapshot(self) -> PipelineStats | None:
+    def stats(self) -> PipelineStats | None:
         """The pipeline's counters now (``None`` before it exists or if the loop is busy)."""
         with self._lock:
             loop, pipeline = self._loop, self._pipeline
         if pipeline is None:
             return None
         if self._done.is_set() or loop is None:
-            return pipeline.snapshot()
+            return pipeline.stats()
 
         async def read() -> PipelineStats:
-            return pipeline.snapshot()
+            return pipeline.stats()
 
         try:
             return asyncio.run_coroutine_threadsafe(read(), loop).result(timeout=2.0)
@@ -206,7 +205,7 @@ class PipelineThread:
         """Final stats (or the last snapshot) and the error, once the thread has ended."""
         with self._lock:
             pipeline = self._pipeline
-        stats = self._stats or (pipeline.snapshot() if pipeline is not None else None)
+        stats = self._stats or (pipeline.stats() if pipeline is not None else None)
         return stats, self._error
 
     # -- the thread ------------------------------------------------------------------------
@@ -241,7 +240,7 @@ def _progress_metadata(
     spec: StreamSpec, stats: PipelineStats, dlq_depth: int | None
 ) -> dict[str, Any]:
     """Run counters for the UI (no DSN, no secrets)."""
-    c = stats.counters()
+    c = stats.to_dict()
     metadata: dict[str, Any] = {
         "stream": spec.name,
         "provider": spec.provider,
@@ -318,7 +317,7 @@ def run_stream(
                 runner.join(timeout=poll)
                 bridge.drain()
                 if time.monotonic() >= next_report and runner.is_alive():
-                    report(runner.snapshot())
+                    report(runner.stats())
                     next_report = time.monotonic() + config.progress_interval
         except DagsterExecutionInterruptedError:
             _stop_and_drain(runner, bridge, context)
@@ -334,7 +333,7 @@ def run_stream(
             raise
         stats, error = runner.outcome()
         report(stats)
-    counters = stats.counters() if stats is not None else {}
+    counters = stats.to_dict() if stats is not None else {}
     if error is not None:
         raise _failure(spec, error, counters)
     if stats is not None and not stats.balanced:

@@ -103,6 +103,8 @@ async def test_import_run_measures_raw_import_and_live_on_the_same_bars(
         assert await bench_import.measure_live(db, path, len(rows)) > 0
         assert [tuple(r) for r in await db.pool.fetch(bench_import.STORED_SQL)] == stored
     assert stored == sorted(row[:8] for row in rows)
+
+
 async def test_backfill_run_stores_the_trading_minutes_at_ibs_pace(fresh_dsn: str) -> None:
     from datetime import UTC, datetime
 

@@ -132,7 +132,7 @@ def _n(value: int) -> str:
     show_default=True,
     help="multiply IB's pacing windows (only against `mdp gateway --history-pacing-scale`)",
 )
-@click.option("--dsn", envvar="MDP_PG_DSN", default=None, help="PostgreSQL DSN (default: embedded)")
+@click.option("--dsn", default=None, help="PostgreSQL DSN (default: MDP_PG_DSN, else embedded)")
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),

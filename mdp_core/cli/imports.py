@@ -69,7 +69,7 @@ _AGAIN = "what was committed before stays; running the import again stores only 
     default=None,
     help="where bad rows are written (default: MDP_HOME/rejects/import-<time>.jsonl)",
 )
-@click.option("--dsn", envvar="MDP_PG_DSN", default=None, help="PostgreSQL DSN (default: embedded)")
+@click.option("--dsn", default=None, help="PostgreSQL DSN (default: MDP_PG_DSN, else embedded)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def import_files(
     paths: tuple[Path, ...],

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from mdp_core.pipeline import Pipeline, PipelineStats, StreamsConfigError, StreamSpec, load_streams
+from mdp_core.pipeline import Pipeline, PipelineStats
+from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
 __all__ = ["stream"]
 
@@ -31,7 +32,7 @@ def _parse_options(values: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _status_line(stats: PipelineStats) -> str:
-    c = stats.counters()
+    c = stats.to_dict()
     return (
         f"{stats.stream}: {c['rate']:>9,.0f}/s  received {c['received']:>10,}  "
         f"committed {c['committed']:>10,}  dead-lettered {c['dead_lettered']:>6,}  "
@@ -71,7 +72,7 @@ def _status_line(stats: PipelineStats) -> str:
     default=None,
     help="read the stream from a streams.yaml (with --name)",
 )
-@click.option("--dsn", envvar="MDP_PG_DSN", default=None, help="PostgreSQL DSN (default: embedded)")
+@click.option("--dsn", default=None, help="PostgreSQL DSN (default: MDP_PG_DSN, else embedded)")
 @click.option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -125,8 +126,8 @@ def stream(
         raise click.UsageError(str(exc)) from None
     stats = asyncio.run(_run(spec, dsn, seconds, quiet))
     if summary_json is not None:
-        summary_json.write_text(json.dumps(stats.counters()))
-    c = stats.counters()
+        summary_json.write_text(json.dumps(stats.to_dict()))
+    c = stats.to_dict()
     click.echo(
         f"{spec.name}: {stats.summary()}; {c['new_rows']:,} new rows in {c['elapsed_s']:.1f}s"
     )
@@ -201,7 +202,7 @@ async def _run(spec: StreamSpec, dsn: str | None, seconds: float | None, quiet: 
         try:
             stats = await pipeline.run(max_seconds=seconds)
         except Exception:
-            stats = pipeline.snapshot()
+            stats = pipeline.stats()
         finally:
             if live:
                 click.echo(err=True)

@@ -41,8 +41,8 @@ import click
 
 from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.errors import error_info
-from mdp_core.pipeline import StreamsConfigError, StreamSpec, load_streams
 from mdp_core.settings import get_settings
+from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
 __all__ = ["dagster_url_for", "up"]
 
@@ -431,7 +431,10 @@ class Stack:
 
 
 def _resolve_streams(streams: Path | None, project: Path) -> Path:
-    path = streams or Path(os.environ.get("MDP_STREAMS_FILE") or project / "streams.yaml")
+    """``--streams``, else ``MDP_STREAMS_FILE``, else the project's ``streams.yaml``."""
+    settings = get_settings()
+    configured = settings.streams_file if "streams_file" in settings.model_fields_set else None
+    path = streams or configured or project / "streams.yaml"
     return path.expanduser().resolve()
 
 

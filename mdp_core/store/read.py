@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from mdp_core.dsn import scrub
 from mdp_core.logs import logger
 from mdp_core.models import RESOLUTIONS, normalize_symbol, parse_resolution
+from mdp_core.settings import get_settings
 from mdp_core.store.database import Database, DatabaseError
 
 if TYPE_CHECKING:
@@ -467,7 +468,9 @@ _RESOLVED: dict[tuple[str | None, ...], str] = {}
 
 
 def _resolution_key(dsn: str | None) -> tuple[str | None, ...]:
-    return (dsn, os.environ.get("MDP_PG_DSN"), os.environ.get("MDP_HOME"), os.getcwd())
+    settings = get_settings()
+    configured = settings.pg_dsn.get_secret_value() if settings.pg_dsn else None
+    return (dsn, configured, str(settings.home_dir), os.getcwd())
 
 
 async def _resolve(dsn: str | None, *, fresh: bool) -> tuple[str, bool]:

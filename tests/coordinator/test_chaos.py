@@ -61,7 +61,7 @@ async def test_t5_cut_mid_copy_is_retried_and_never_partial(
                 proxy.set_mode("close_after", n=200_000)  # a 5,000-row COPY is ~500 kB
                 await coord.submit_many(items)
                 await coord.drain()
-                h = coord.health()
+                h = coord.stats()
             assert proxy.cuts == 1
             assert h.retries >= 1 and (h.committed, h.dead_lettered) == (20_000, 0)
             keys, total = await table_keys(db)
@@ -130,19 +130,19 @@ async def test_t4_blackhole_holds_producers_and_retries_on_schedule(
                         await coord.submit_many(items[start : start + 50])
 
                 producer = asyncio.create_task(produce())
-                while coord.health().committed < 1_000:
+                while coord.stats().committed < 1_000:
                     await asyncio.sleep(0.01)
-                assert coord.health().retries == 0
+                assert coord.stats().retries == 0
                 proxy.set_mode("blackhole")
-                while coord.health().retries < 3 or coord.health().blocked_producers < 1:
+                while coord.stats().retries < 3 or coord.stats().blocked_producers < 1:
                     await asyncio.sleep(0.05)
-                h = coord.health()
+                h = coord.stats()
                 assert not producer.done() and h.queue_depth == 500  # held back, bounded
                 assert h.dead_lettered == 0
                 proxy.set_mode("pass")
                 await producer
                 await coord.drain()
-                h = coord.health()
+                h = coord.stats()
             expected = random.Random(5)
             schedule = [expected.uniform(0.0, policy.cap(n)) for n in (1, 2, 3)]
             assert clock.sleeps[:3] == schedule  # the first three retries of the stuck batch

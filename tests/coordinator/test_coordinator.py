@@ -25,7 +25,7 @@ from tests.coordinator.helpers import FakeClock, MemorySink, quotes
 
 
 def balanced(coord: WriteCoordinator) -> bool:
-    h = coord.health()
+    h = coord.stats()
     return h.submitted == h.committed + h.dead_lettered + h.dropped
 
 
@@ -50,12 +50,12 @@ async def test_everything_commits_in_batches_no_larger_than_batch_size(
     async with asyncio.timeout(20), WriteCoordinator(sink, settings, dlq=dlq) as coord:
         await coord.submit_many(items)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert set(sink.rows) == {q.key for q in items}
     assert sink.batch_sizes == [100] * 10  # the queue was full: no partial batches
     assert (h.submitted, h.committed, h.new_rows, h.dead_lettered) == (1000, 1000, 1000, 0)
     assert h.in_flight == 0 and h.queue_depth == 0
-    assert coord.health().state == "stopped"
+    assert coord.stats().state == "stopped"
     assert dlq.count() == 0
 
 
@@ -67,7 +67,7 @@ async def test_partial_batch_is_flushed_after_flush_interval(dlq: DeadLetterQueu
             await coord.submit(q)
         await sink.written.wait()  # no drain: the flush interval alone sends it
         assert sink.batch_sizes == [3]
-        assert coord.health().committed == 3
+        assert coord.stats().committed == 3
 
 
 async def test_duplicates_count_as_committed_but_not_as_new_rows(dlq: DeadLetterQueue) -> None:
@@ -78,7 +78,7 @@ async def test_duplicates_count_as_committed_but_not_as_new_rows(dlq: DeadLetter
         await coord.drain()
         await coord.submit_many(items[:20])
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert (h.committed, h.new_rows, h.duplicates_ignored) == (70, 50, 20)
 
 
@@ -111,19 +111,19 @@ async def test_t7_stalled_sink_holds_producers_back_within_capacity(
         async def produce() -> None:
             for q in items:
                 await coord.submit(q)
-                depths.append(coord.health().queue_depth)
+                depths.append(coord.stats().queue_depth)
 
         producer = asyncio.create_task(produce())
         await until(
             lambda: (
                 sink.entered == 2
-                and coord.health().blocked_producers == 1
-                and coord.health().queue_depth == 200
+                and coord.stats().blocked_producers == 1
+                and coord.stats().queue_depth == 200
             )
         )
         for _ in range(100):  # however long we let it run, nothing more gets in
             await asyncio.sleep(0)
-        h = coord.health()
+        h = coord.stats()
         assert not producer.done()
         assert h.queue_depth == 200
         assert h.in_flight == 2 * 25  # workers x batch size, nothing more
@@ -134,7 +134,7 @@ async def test_t7_stalled_sink_holds_producers_back_within_capacity(
         await coord.drain()
     assert max(depths) <= 200
     assert set(sink.rows) == {q.key for q in items}
-    assert balanced(coord) and coord.health().dropped == 0
+    assert balanced(coord) and coord.stats().dropped == 0
 
 
 async def test_drop_oldest_drops_and_counts(dlq: DeadLetterQueue) -> None:
@@ -150,11 +150,11 @@ async def test_drop_oldest_drops_and_counts(dlq: DeadLetterQueue) -> None:
         await until(lambda: sink.entered == 1)  # the first item is in flight, stalled
         for q in items[1:]:
             await coord.submit(q)
-            assert coord.health().queue_depth <= 10
-        assert coord.health().dropped == 89
+            assert coord.stats().queue_depth <= 10
+        assert coord.stats().dropped == 89
         gate.set()
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert h.dropped == 89 and h.committed == 11
     assert set(sink.rows) == {q.key for q in [items[0], *items[-10:]]}  # newest kept
     assert balanced(coord)
@@ -168,10 +168,10 @@ async def test_drop_oldest_submit_many(dlq: DeadLetterQueue) -> None:
     )
     async with asyncio.timeout(10), WriteCoordinator(sink, settings, dlq=dlq) as coord:
         await coord.submit_many(quotes(25))
-        assert coord.health().queue_depth == 10 and coord.health().dropped == 15
+        assert coord.stats().queue_depth == 10 and coord.stats().dropped == 15
         gate.set()
         await coord.drain()
-    assert balanced(coord) and coord.health().committed == 10
+    assert balanced(coord) and coord.stats().committed == 10
 
 
 async def test_overflow_error_raises_a_clear_error(dlq: DeadLetterQueue) -> None:
@@ -187,10 +187,10 @@ async def test_overflow_error_raises_a_clear_error(dlq: DeadLetterQueue) -> None
             await coord.submit(items[10])
         with pytest.raises(QueueFullError):
             await coord.submit_many(items[10:12])
-        assert coord.health().submitted == 10
+        assert coord.stats().submitted == 10
         gate.set()
         await coord.drain()
-    assert balanced(coord) and coord.health().committed == 10
+    assert balanced(coord) and coord.stats().committed == 10
 
 
 async def test_watermark_callbacks_fire_once_per_crossing(dlq: DeadLetterQueue) -> None:
@@ -211,11 +211,11 @@ async def test_watermark_callbacks_fire_once_per_crossing(dlq: DeadLetterQueue) 
         await until(lambda: sink.entered == 1)
         await coord.submit_many(quotes(9, start=1))
         assert events == [("high", 9, 10)]
-        assert coord.health().high_watermark
+        assert coord.stats().high_watermark
         gate.set()
         await coord.drain()
     assert events == [("high", 9, 10), ("low", 5, 10)]
-    assert not coord.health().high_watermark
+    assert not coord.stats().high_watermark
 
 
 async def test_transient_errors_are_retried_on_the_backoff_schedule(
@@ -233,7 +233,7 @@ async def test_transient_errors_are_retried_on_the_backoff_schedule(
         await coord.drain()
     assert clock.sleeps == [expected.uniform(0, 0.1), expected.uniform(0, 0.2),
                             expected.uniform(0, 0.4)]  # fmt: skip
-    h = coord.health()
+    h = coord.stats()
     assert (h.retries, h.committed, h.dead_lettered, sink.calls) == (3, 10, 0, 4)
     assert h.last_error is not None and h.last_error.startswith("OSError")
 
@@ -252,7 +252,7 @@ async def test_exhausted_retries_spool_the_batch_with_its_error(dlq: DeadLetterQ
     async with asyncio.timeout(10), coord:
         await coord.submit_many(items)
         await coord.drain()
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries) == (0, 25, 6)
     records = dlq.list()
     assert sorted(r.record().key for r in records) == sorted(q.key for q in items)
@@ -271,7 +271,7 @@ async def test_permanent_errors_are_bisected_to_the_poison_rows(dlq: DeadLetterQ
     async with asyncio.timeout(20), WriteCoordinator(sink, settings, dlq=dlq) as coord:
         await coord.submit_many(items)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert set(sink.rows) == {q.key for q in items} - poison
     assert (h.committed, h.dead_lettered, h.retries) == (997, 3, 0)
     records = dlq.list()
@@ -303,14 +303,14 @@ async def test_t10_infrastructure_errors_open_the_circuit(
     coord = WriteCoordinator(sink, settings, policy, dlq=dlq, clock=clock, sleep=clock.sleep)
 
     def watch(n: int, batch: Sequence[Quote]) -> BaseException | None:
-        states.append(coord.health().circuit)
+        states.append(coord.stats().circuit)
         return error if n <= 6 else None
 
     sink.fault = watch
     async with asyncio.timeout(10), coord:
         await coord.submit_many(quotes(50))
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries, sink.calls) == (50, 0, 6, 7)
     assert h.circuit == "closed" and h.circuit_opened == 1
     assert states == ["closed"] * 3 + ["half_open"] * 4  # calls 4-7 are single probes
@@ -334,7 +334,7 @@ async def test_open_circuit_spools_after_the_retry_budget(dlq: DeadLetterQueue) 
         for q in items:
             await coord.submit(q)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert (h.committed, h.dead_lettered) == (0, 500)
     assert h.circuit in ("open", "half_open")
     assert sink.calls < 500 // 10  # most batches never reached the dead database
@@ -358,14 +358,14 @@ async def test_t9_unexpected_exception_is_isolated_to_its_row(dlq: DeadLetterQue
     async with asyncio.timeout(10), coord:
         await coord.submit_many(first)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
         assert (h.committed, h.dead_lettered, h.retries) == (9, 1, 0)
         assert h.worker_restarts == 0 and h.workers_alive == 2
         assert h.last_error == "RuntimeError: sink bug"
         for q in rest:  # producers are not stuck
             await coord.submit(q)
         await coord.drain()
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered) == (99, 1) and balanced(coord)
     (record,) = dlq.list()
     assert record.record().key == bad
@@ -396,7 +396,7 @@ async def test_a_failing_spool_crashes_the_worker_and_the_batch_is_retried(
     async with asyncio.timeout(10), coord:
         await coord.submit_many(items)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert h.worker_restarts == 1 and h.workers_alive == 1
     assert (h.committed, h.dead_lettered) == (39, 1) and balanced(coord)
     assert [r.record().key for r in dlq.list()] == [items[7].key]
@@ -417,7 +417,7 @@ async def test_t8_drain_timeout_spools_everything_left(dlq: DeadLetterQueue) -> 
         async with coord:
             await coord.submit_many(items)
             await until(lambda: sink.entered == 2)
-    h = coord.health()
+    h = coord.stats()
     assert h.state == "stopped"
     assert (h.committed, h.dead_lettered, h.in_flight, h.queue_depth) == (0, 1000, 0, 0)
     records = dlq.list()
@@ -437,7 +437,7 @@ async def test_t8_slow_sink_partly_committed_partly_spooled(dlq: DeadLetterQueue
     items = quotes(2000)
     async with asyncio.timeout(10), WriteCoordinator(sink, settings, dlq=dlq) as coord:
         await coord.submit_many(items)
-    h = coord.health()
+    h = coord.stats()
     spooled = {r.record().key for r in dlq.list()}
     assert h.committed == len(sink.rows) and h.dead_lettered == len(spooled)
     assert balanced(coord) and h.dead_lettered > 0
@@ -453,12 +453,12 @@ async def test_close_wakes_blocked_producers(dlq: DeadLetterQueue) -> None:
     await coord.start()
     await coord.submit_many(quotes(10))
     blocked = asyncio.create_task(coord.submit(quotes(1, start=99)[0]))
-    await until(lambda: coord.health().blocked_producers == 1)
+    await until(lambda: coord.stats().blocked_producers == 1)
     async with asyncio.timeout(10):
         await coord.close()
         with pytest.raises(CoordinatorClosedError, match="closed while submit"):
             await blocked
-    assert balanced(coord) and coord.health().dead_lettered == 10
+    assert balanced(coord) and coord.stats().dead_lettered == 10
 
 
 async def test_cancelled_close_still_spools(dlq: DeadLetterQueue) -> None:
@@ -469,11 +469,11 @@ async def test_cancelled_close_still_spools(dlq: DeadLetterQueue) -> None:
     await coord.start()
     await coord.submit_many(quotes(12))
     closing = asyncio.create_task(coord.close())
-    await until(lambda: coord.health().state == "draining")
+    await until(lambda: coord.stats().state == "draining")
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(closing, 10)
-    assert coord.health().state == "stopped"
+    assert coord.stats().state == "stopped"
     assert balanced(coord) and dlq.count() == 12
 
 
@@ -481,20 +481,20 @@ async def test_health_reports_throughput_and_state(dlq: DeadLetterQueue) -> None
     clock = FakeClock()
     sink = MemorySink()
     coord = WriteCoordinator(sink, dlq=dlq, clock=clock, sleep=clock.sleep, name="h")
-    assert coord.health().state == "starting"
+    assert coord.stats().state == "starting"
     async with coord:
-        assert coord.health().state == "running"
+        assert coord.stats().state == "running"
         clock.now = 1.0
         await coord.submit_many(quotes(100))
         await coord.drain()
         clock.now = 2.0
-        h = coord.health()
+        h = coord.stats()
         assert h.throughput == pytest.approx(50.0)  # 100 items over 2 (fake) seconds
         clock.now = 100.0
-        assert coord.health().throughput == 0.0  # nothing in the last window
+        assert coord.stats().throughput == 0.0  # nothing in the last window
         data = h.to_dict()
         assert data["pending"] == 0 and data["name"] == "h" and data["circuit"] == "closed"
-    assert coord.health().state == "stopped"
+    assert coord.stats().state == "stopped"
     assert "committed=100" in repr(coord)
 
 
@@ -517,7 +517,7 @@ async def test_a_spool_that_fails_at_close_is_reported_and_close_never_hangs(
     await coord.submit_many(quotes(25))
     with pytest.raises(SpoolError, match="25 items could not be written to the dead-letter"):
         await asyncio.wait_for(coord.close(), 10)
-    h = coord.health()
+    h = coord.stats()
     assert (h.submitted, h.committed, h.dead_lettered, h.unpersisted) == (25, 0, 0, 25)
     assert h.pending == 25 and h.state == "stopped"
     with pytest.raises(SpoolError):

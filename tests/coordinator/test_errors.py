@@ -110,7 +110,7 @@ async def test_a_transient_sqlstate_retries_the_batch(
 ) -> None:
     dlq = DeadLetterQueue(tmp_path / "dlq")
     coord, items = await _write_with_fault(db, dlq, sqlstate, FAILURES)
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries) == (len(items), 0, FAILURES)
     assert h.last_error is not None and "injected failure" in h.last_error
     assert await db.pool.fetchval("SELECT count(*) FROM mdp.quotes") == len(items)
@@ -123,7 +123,7 @@ async def test_any_other_sqlstate_isolates_the_row(
 ) -> None:
     dlq = DeadLetterQueue(tmp_path / "dlq")
     coord, items = await _write_with_fault(db, dlq, sqlstate, 10**9)
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries) == (len(items) - 1, 1, 0)
     assert await db.pool.fetchval("SELECT count(*) FROM mdp.quotes") == len(items) - 1
     (record,) = dlq.list()
@@ -185,7 +185,7 @@ async def test_a_client_side_transient_failure_retries_the_batch(
     async with asyncio.timeout(10), coord:
         await coord.submit_many(items)
         await coord.drain()
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries) == (30, 0, FAILURES)
     assert sink.calls == FAILURES + 1
 
@@ -205,7 +205,7 @@ async def test_any_other_client_side_failure_isolates_the_row(
     async with asyncio.timeout(10), coord:
         await coord.submit_many(items)
         await coord.drain()
-    h = coord.health()
+    h = coord.stats()
     assert (h.committed, h.dead_lettered, h.retries, h.worker_restarts) == (29, 1, 0, 0)
     (record,) = dlq.list()
     assert record.record().key == items[3].key and record.error.type == type(exc).__name__

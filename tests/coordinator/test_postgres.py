@@ -43,7 +43,7 @@ def poison(record: Quote | Bar, **fields: object) -> None:
 
 
 def balanced(coord: WriteCoordinator) -> bool:  # type: ignore[type-arg]
-    h = coord.health()
+    h = coord.stats()
     return h.submitted == h.committed + h.dead_lettered + h.dropped
 
 
@@ -60,7 +60,7 @@ async def test_t6_poison_quotes_in_a_10k_batch(db: Database, tmp_path: Path) -> 
     async with asyncio.timeout(60), WriteCoordinator(sink, settings, dlq=dlq) as coord:
         await coord.submit_many(items)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     stored = await stored_quotes(db)
     assert stored == {k: q for k, q in as_sent(items).items() if k not in bad}
     assert (h.committed, h.new_rows, h.dead_lettered) == (9_997, 9_997, 3)
@@ -88,7 +88,7 @@ async def test_t6_poison_bars(db: Database, tmp_path: Path) -> None:
     async with asyncio.timeout(60), WriteCoordinator(BarsSink(db), settings, dlq=dlq) as coord:
         await coord.submit_many(items)
         await coord.drain()
-        assert coord.health().workers_alive == 1
+        assert coord.stats().workers_alive == 1
     rows = await db.pool.fetchval("SELECT count(*) FROM mdp.bars")
     assert rows == 1_997
     records = dlq.list()
@@ -137,7 +137,7 @@ async def test_t10_disk_full_and_too_many_connections(
     async with asyncio.timeout(60), coord:
         await coord.submit_many(items)
         await coord.drain()
-        h = coord.health()
+        h = coord.stats()
     assert h.circuit_opened >= 1 and h.circuit == "closed"
     assert h.retries == 5 and h.committed == 1_000 and h.dead_lettered == 0
     assert await stored_quotes(db) == as_sent(items)
@@ -161,7 +161,7 @@ async def test_t2_database_down_longer_than_the_budget_then_replay(
             async with WriteCoordinator(sink, settings, policy, dlq=dlq) as coord:
                 await coord.submit_many(items)
                 await coord.drain()
-            h = coord.health()
+            h = coord.stats()
             assert (h.committed, h.dead_lettered) == (0, 2_000)
             assert dlq.count() == 2_000
             assert {r.error.type for r in dlq.list()} <= {
@@ -209,15 +209,15 @@ async def test_t3_database_killed_mid_stream(own_server: EmbeddedServer, tmp_pat
                         await asyncio.sleep(0)
 
                 producer = asyncio.create_task(produce())
-                while coord.health().committed < 10_000:
+                while coord.stats().committed < 10_000:
                     await asyncio.sleep(0.01)
                 await asyncio.to_thread(own_server.stop, "immediate")
-                killed_at = coord.health().committed
+                killed_at = coord.stats().committed
                 await asyncio.sleep(2.0)  # the outage (the fault itself, not synchronisation)
                 await asyncio.to_thread(own_server.start)
                 await producer
                 await coord.drain()
-            h = coord.health()
+            h = coord.stats()
         assert h.submitted == len(items) and balanced(coord)
         assert killed_at < len(items)
         stored = await stored_quotes(db)
@@ -266,9 +266,9 @@ async def test_the_design_example_as_written(
                 async for bar in stream():
                     await coord.submit(bar)
                 await coord.drain()
-                assert coord.health().committed == 1_234
+                assert coord.stats().committed == 1_234
             assert await db.pool.fetchval("SELECT count(*) FROM mdp.bars") == 1_234
-    assert coord.dlq.count() == 0 and coord.health().state == "stopped"
+    assert coord.dlq.count() == 0 and coord.stats().state == "stopped"
 
 
 async def test_connections_cut_mid_batch_spool_nothing(db: Database, tmp_path: Path) -> None:
@@ -289,8 +289,8 @@ async def test_connections_cut_mid_batch_spool_nothing(db: Database, tmp_path: P
             async with coord:
                 producer = asyncio.create_task(coord.submit_many(items))
                 seen = 0  # one cut per committed batch at most: cuts, not a dead server
-                while kills < 10 and coord.health().committed < len(items):
-                    committed = coord.health().committed
+                while kills < 10 and coord.stats().committed < len(items):
+                    committed = coord.stats().committed
                     if committed > seen:
                         pids = await admin.fetch(
                             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
@@ -304,7 +304,7 @@ async def test_connections_cut_mid_batch_spool_nothing(db: Database, tmp_path: P
                     await asyncio.sleep(0.002)  # polling the server's activity view
                 await producer
                 await coord.drain()
-            h = coord.health()
+            h = coord.stats()
     finally:
         await admin.close()
     assert kills >= 1

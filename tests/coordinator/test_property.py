@@ -92,9 +92,9 @@ async def run_scenario(sc: dict[str, object], directory: str) -> None:
                     for q in items[start : start + chunk]:
                         await coord.submit(q)
             await coord.drain()
-            h = coord.health()
+            h = coord.stats()
             assert h.queue_depth == 0 and h.in_flight == 0
-    h = coord.health()
+    h = coord.stats()
     spooled = [r.record().key for r in dlq.list()]
     # G2: conservation, exactly
     assert h.submitted == n

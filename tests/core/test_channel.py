@@ -22,7 +22,7 @@ class Tick:
 def test_block_policy_rejects_offers_when_full_and_counts_them() -> None:
     ch: Channel[int] = Channel(3)
     assert [ch.offer(i) for i in range(5)] == [True, True, True, False, False]
-    s = ch.stats
+    s = ch.stats()
     assert (s.depth, s.accepted, s.rejected, s.dropped, s.high_water) == (3, 3, 2, 0, 3)
 
 
@@ -31,7 +31,7 @@ def test_drop_oldest_keeps_the_newest_items() -> None:
     for i in range(10):
         assert ch.offer(i)
     assert [ch.get_nowait() for _ in range(3)] == [7, 8, 9]
-    assert (ch.stats.dropped, ch.stats.delivered) == (7, 3)
+    assert (ch.stats().dropped, ch.stats().delivered) == (7, 3)
 
 
 def test_conflate_keeps_newest_item_per_symbol_in_place() -> None:
@@ -40,7 +40,7 @@ def test_conflate_keeps_newest_item_per_symbol_in_place() -> None:
         ch.offer(t)
     # A2/A3 replaced A1 in place; C arrived when full and pushed out the oldest (A).
     assert [ch.get_nowait(), ch.get_nowait()] == [Tick("B", 1), Tick("C", 1)]
-    s = ch.stats
+    s = ch.stats()
     assert (s.conflated, s.dropped, s.accepted, s.delivered) == (2, 1, 5, 2)
 
 
@@ -50,7 +50,7 @@ def test_conflate_only_when_full_a_consumer_that_keeps_up_sees_everything() -> N
     for t in ticks:
         ch.offer(t)
     assert ch.drain_nowait() == ticks  # below its capacity the channel is plain FIFO
-    assert (ch.stats.conflated, ch.stats.dropped) == (0, 0)
+    assert (ch.stats().conflated, ch.stats().dropped) == (0, 0)
 
 
 def test_conflate_with_custom_key() -> None:
@@ -63,7 +63,7 @@ def test_conflate_with_custom_key() -> None:
 def test_push_never_loses_under_block_and_asks_to_pause() -> None:
     ch: Channel[int] = Channel(3)
     assert [ch.push(i) for i in range(5)] == [True, True, False, False, False]  # full at 3
-    s = ch.stats
+    s = ch.stats()
     assert (s.depth, s.accepted, s.rejected, s.high_water) == (5, 5, 0, 5)
     assert ch.drain_nowait() == [0, 1, 2, 3, 4]
 
@@ -101,7 +101,7 @@ def test_accounting_always_balances(capacity: int, overflow: str, ops: list[str 
         else:
             offered += 1
             ch.offer(Tick(op, i))
-        s = ch.stats
+        s = ch.stats()
         assert s.accepted == s.delivered + s.depth + s.dropped + s.conflated
         assert offered == s.accepted + s.rejected
         assert s.depth <= capacity and s.high_water <= capacity

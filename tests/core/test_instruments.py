@@ -12,8 +12,8 @@ from mdp_core.instruments import (
     parse_instrument,
     what_to_show_for,
 )
-from mdp_core.pipeline import StreamSpec
 from mdp_core.providers.base import normalize_symbols
+from mdp_core.streams import StreamSpec
 
 
 @pytest.mark.parametrize(

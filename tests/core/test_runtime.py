@@ -242,7 +242,7 @@ async def test_overflow_policy_is_applied_and_counted() -> None:
             while not channel.closed:  # the provider has put all 500 (drop_oldest never waits)
                 await asyncio.sleep(0)
         got = await drain(channel)
-    stats = channel.stats
+    stats = channel.stats()
     assert (stats.accepted, stats.dropped, len(got)) == (500, 490, 10)
     # the newest ten survive, in order
     assert [q.ts for q in got] == [START + timedelta(milliseconds=i) for i in range(490, 500)]

@@ -13,11 +13,12 @@ import pytest
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar, Quote
+from mdp_core.settings import CheckSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import rollup_bars
 from mdp_core.store.sinks import BarsSink, QuotesSink
 from mdp_dagster.assets import BARS_5S, QUOTES
-from mdp_dagster.health import CheckSettings, build_health_defs, open_intervals
+from mdp_dagster.health import build_health_defs, open_intervals
 from mdp_dagster.resources import DlqResource, StoreResource
 from mdp_dagster.rollups import ROLLUP_KEYS
 

@@ -15,8 +15,8 @@ import asyncpg
 import dagster as dg
 import pytest
 
-from mdp_core.pipeline import load_streams
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.streams import load_streams
 from mdp_dagster.assets import BARS_5S, QUOTES
 from mdp_dagster.definitions import defs
 from mdp_dagster.streaming import KIND_TAG, stream_job, stream_supervisor

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mdp_core.models import Bar, Quote
+from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import rollup_bars
 from mdp_core.store.sinks import BarsSink, QuotesSink
@@ -20,7 +21,7 @@ from mdp_dagster.assets import BARS_5S, QUOTES, RAW_ASSETS
 from mdp_dagster.definitions import defs as location
 from mdp_dagster.export import EXPORT_KEY, ExportResource, build_export_defs
 from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager, table_of
-from mdp_dagster.rollups import ROLLUP_KEYS, RollupSettings, build_rollup_defs
+from mdp_dagster.rollups import ROLLUP_KEYS, build_rollup_defs
 
 SETTINGS = RollupSettings(start=date(2024, 1, 1))
 DAY = datetime(2024, 1, 3, tzinfo=UTC)

@@ -13,10 +13,10 @@ import pytest
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar
-from mdp_core.settings import get_settings
+from mdp_core.settings import CheckSettings, get_settings
 from mdp_core.store.database import Database
 from mdp_dagster.assets import RAW_ASSETS
-from mdp_dagster.health import HEALTH_KEY, CheckSettings, build_health_defs
+from mdp_dagster.health import HEALTH_KEY, build_health_defs
 from mdp_dagster.rollups import build_rollup_defs
 
 NOW = datetime(2024, 1, 6, 15, 0, tzinfo=UTC)  # a Saturday: XNYS closed

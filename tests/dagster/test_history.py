@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from mdp_core.calendars import open_intervals
+from mdp_core.settings import HistorySettings, RollupSettings
 from mdp_core.store.database import Database
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import (
@@ -23,8 +24,8 @@ from mdp_dagster.health import (
     check_matches_source,
     check_ohlc,
 )
-from mdp_dagster.history import HISTORY_KEY, HistorySettings, build_history_defs, stream_symbols
-from mdp_dagster.rollups import ROLLUP_KEYS, RollupSettings, build_rollup_defs
+from mdp_dagster.history import HISTORY_KEY, build_history_defs, stream_symbols
+from mdp_dagster.rollups import ROLLUP_KEYS, build_rollup_defs
 
 START = date(2024, 1, 1)
 DAY1, DAY2 = datetime(2024, 1, 3, tzinfo=UTC), datetime(2024, 1, 4, tzinfo=UTC)

@@ -10,11 +10,12 @@ import dagster as dg
 import pytest
 
 from mdp_core.models import Bar
+from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import fetch_bars
 from mdp_core.store.sinks import BarsSink
 from mdp_dagster.assets import RAW_ASSETS
-from mdp_dagster.rollups import ROLLUP_KEYS, RollupSettings, build_rollup_defs, sparkline
+from mdp_dagster.rollups import ROLLUP_KEYS, build_rollup_defs, sparkline
 from tests.store.test_rollups_sql import (
     START,
     assert_same_bars,

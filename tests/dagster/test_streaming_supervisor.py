@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mdp_core.pipeline import StreamsConfigError
 from mdp_core.store.database import Database
+from mdp_core.streams import StreamsConfigError
 from mdp_dagster.resources import StoreResource
 from mdp_dagster.streaming import (
     KIND_TAG,

@@ -20,9 +20,10 @@ from click.testing import CliRunner
 import mdp_dagster.export
 from mdp_core.cli import main
 from mdp_core.models import Bar, Quote
+from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink
-from mdp_dagster.rollups import ROLLUP_KEYS, RollupSettings, build_rollup_defs
+from mdp_dagster.rollups import ROLLUP_KEYS, build_rollup_defs
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPEN = datetime(2024, 1, 3, 14, 30, tzinfo=UTC)

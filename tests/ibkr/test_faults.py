@@ -61,7 +61,7 @@ async def test_restart_reconnects_backfills_and_stores_every_bar_once(
         await source.stop()
         await consumer
         await coord.drain()
-        health = coord.health()
+        health = coord.stats()
         await coord.close()
         rows = await db.pool.fetch(
             "SELECT symbol, ts, open, high, low, close, volume, vwap, trade_count "

@@ -11,8 +11,9 @@ import pytest
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.gateway import SimulatedGateway
-from mdp_core.pipeline import Pipeline, StreamSpec
+from mdp_core.pipeline import Pipeline
 from mdp_core.store.database import Database
+from mdp_core.streams import StreamSpec
 from tests.ibkr.helpers import always_open, pumps_until, settings_for
 
 FX, ES, CONT, SPX = (
@@ -44,9 +45,7 @@ def _spec(gw: SimulatedGateway, name: str, mode: str, symbols: list[str]) -> Str
 
 async def _run(gw: SimulatedGateway, pipeline: Pipeline, enough: int) -> None:
     task = asyncio.create_task(pipeline.run())
-    await pumps_until(
-        gw, lambda: task.done() or pipeline.snapshot().coordinator.committed >= enough
-    )
+    await pumps_until(gw, lambda: task.done() or pipeline.stats().coordinator.committed >= enough)
     pipeline.request_stop()
     stats = await task
     assert stats.error is None and stats.balanced

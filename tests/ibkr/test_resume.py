@@ -8,8 +8,9 @@ from pathlib import Path
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.gateway import SimulatedGateway, aggregate_bars
-from mdp_core.pipeline import Pipeline, StreamSpec
+from mdp_core.pipeline import Pipeline
 from mdp_core.store.database import Database
+from mdp_core.streams import StreamSpec
 from tests.ibkr.helpers import always_open, pumps_until, settings_for
 
 SYMBOLS = ["AAPL", "MSFT"]
@@ -30,7 +31,7 @@ async def run_until(gw: SimulatedGateway, pipeline: Pipeline, committed: int) ->
     """Run ``pipeline`` until it committed ``committed`` bars, then stop and drain it."""
     task = asyncio.create_task(pipeline.run())
     await pumps_until(
-        gw, lambda: task.done() or pipeline.snapshot().coordinator.committed >= committed
+        gw, lambda: task.done() or pipeline.stats().coordinator.committed >= committed
     )
     pipeline.request_stop()
     stats = await task

@@ -67,7 +67,7 @@ async def test_quotes_are_the_ticks_the_gateway_sent(gw: SimulatedGateway) -> No
         assert times == sorted(times) and len(set(times)) == len(times)  # unique keys
     stats = source.stats()
     assert source.edge is not None
-    channel = source.edge.channel.stats
+    channel = source.edge.channel.stats()
     # counted in the callback: every quote received was delivered, or replaced by a newer
     # quote of its symbol while the consumer was behind (conflated, counted)
     assert stats["received"] == len(records) + channel.conflated
@@ -181,13 +181,13 @@ async def test_quotes_conflate_per_symbol_when_the_consumer_is_behind(
         source = make_source(gw, SYMBOLS, "quotes", channel_capacity=4)
         await source.start()  # nobody consumes: the channel fills, then conflates
         assert source.edge is not None
-        await pumps_until(gw, lambda: source.edge.channel.stats.conflated >= 50)  # type: ignore[union-attr]
+        await pumps_until(gw, lambda: source.edge.channel.stats().conflated >= 50)  # type: ignore[union-attr]
         gw.pause_data()  # no more ticks from here on
         client = next(s.client_id for s in gw.sessions())
         await source.ib.reqCurrentTimeAsync()  # everything sent before this was read
         records = source.edge.channel.drain_nowait()
         await source.stop()
-    channel = source.edge.channel.stats
+    channel = source.edge.channel.stats()
     assert not source.stats()["paused"] and channel.dropped == 0
     assert source.stats()["received"] == channel.delivered + channel.conflated
     for symbol in SYMBOLS:

@@ -25,10 +25,10 @@ from mdp_core.gateway import SimulatedGateway
 from mdp_core.gateway.codec import encode
 from mdp_core.gateway.session import Session
 from mdp_core.models import Bar, Quote
-from mdp_core.pipeline import StreamsConfigError
 from mdp_core.providers.ibkr import IBKRStreamSource
 from mdp_core.settings import IBKRSettings, MdpSettings, describe_settings_error
 from mdp_core.store.database import Database, DatabaseError
+from mdp_core.streams import StreamsConfigError
 from mdp_dagster.resources import DlqResource, StoreResource
 from mdp_dagster.streaming import StreamRunConfig, load_stream_specs, stream_job
 from tests.ibkr.helpers import Collector, make_source

@@ -3,8 +3,8 @@
 Every test gives mdp a DSN holding ``PASSWORD`` (a role with that password on the session's
 server, or an unreachable / malformed DSN) and looks for the password in everything mdp
 shows: every loguru record (as text with tracebacks and as JSON), exception messages and
-tracebacks (chained causes too), CLI stdout/stderr, ``WriteCoordinator.health()``, DLQ
-records, ``PipelineStats.counters()``, heartbeat rows and Dagster's event log.
+tracebacks (chained causes too), CLI stdout/stderr, ``WriteCoordinator.stats()``, DLQ
+records, ``PipelineStats.to_dict()``, heartbeat rows and Dagster's event log.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.dsn import describe_dsn, mask_dsn, mask_secrets, scrub
 from mdp_core.errors import PermanentError, TransientError
 from mdp_core.models import Record
-from mdp_core.pipeline import Pipeline, StreamSpec
+from mdp_core.pipeline import Pipeline
 from mdp_core.providers.base import ProviderError, ProviderSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.settings import get_settings
 from mdp_core.store.database import Database, DatabaseError
 from mdp_core.store.sinks import QuotesSink
+from mdp_core.streams import StreamSpec
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import build_health_defs
 from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
@@ -190,11 +191,11 @@ async def test_pipeline_on_a_password_dsn_shows_it_nowhere(
         bad = Pipeline(bad_spec, db, registry=registry, heartbeat_interval=3600)
         with pytest.raises(ProviderError):
             await bad.run()
-        failed = bad.snapshot()
+        failed = bad.stats()
         shown = [db.describe(), db.safe_dsn, repr(status), repr(ok), repr(failed)]
-        shown += [json.dumps(ok.counters()), json.dumps(failed.counters())]
+        shown += [json.dumps(ok.to_dict()), json.dumps(failed.to_dict())]
         beats = await db.pool.fetch("SELECT stream, counters::text AS c FROM mdp.stream_heartbeats")
-    assert ok.balanced and ok.counters()["committed"] == 300
+    assert ok.balanced and ok.to_dict()["committed"] == 300
     assert failed.state == "failed" and failed.balanced
     assert "upstream postgresql://mdp_sec:***@" in (failed.error or "")
     assert {r["stream"] for r in beats} == {"sec_ok", "sec_leaky"}
@@ -232,7 +233,7 @@ async def test_coordinator_errors_are_masked_in_health_dlq_logs_and_cli(
         for symbol, n in groups.items():
             await coord.submit_many(quotes(symbol, n))
             await coord.drain()  # one group per batch
-        health = coord.health()
+        health = coord.stats()
     assert health.submitted == sum(groups.values())
     assert health.committed == groups["GOOD"]
     assert health.dead_lettered == groups["TRANS"] + groups["PERM"] + groups["FATAL"]

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 from mdp_core import CoordinatorSettings, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar, Quote
-from mdp_core.pipeline import StreamsConfigError, StreamSpec, load_streams
 from mdp_core.store.database import Database, LockHeldError, partition_name
 from mdp_core.store.rollups import fetch_bars, rollup_bars, rollup_mismatches, summarize_bars
 from mdp_core.store.sinks import BarsSink, QuotesSink
+from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 from mdp_dagster.health import (
     CheckSettings,
     check_duplicates,
@@ -126,7 +126,7 @@ async def test_coordinator_commits_nasty_symbols_exactly(db: Database) -> None:
         await c.submit_many(items)
         await c.submit_many(items[:10])  # repeats: committed again, no new rows
         await c.drain()
-        health = c.health()
+        health = c.stats()
     assert health.submitted == health.committed == len(items) + 10
     assert health.new_rows == len(items) and health.dead_lettered == 0
     assert await stored_symbols(db, "quotes") == dict.fromkeys(STORED, 5)

@@ -20,8 +20,9 @@ from click.testing import CliRunner, Result
 
 from mdp_core.cli import main
 from mdp_core.dlq import DeadLetterQueue
-from mdp_core.pipeline import Pipeline, StreamSpec
+from mdp_core.pipeline import Pipeline
 from mdp_core.store.database import Database
+from mdp_core.streams import StreamSpec
 
 DATA = Path(__file__).resolve().parents[2] / "data"  # real market data, see data/README.md
 SPY = DATA / "SPY_1min_2011-01.csv"

@@ -11,10 +11,11 @@ import pytest
 
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Quote, Record
-from mdp_core.pipeline import Pipeline, StreamsConfigError, StreamSpec, load_streams
+from mdp_core.pipeline import Pipeline
 from mdp_core.providers.base import ProviderSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.store.database import Database, LockHeldError
+from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -57,7 +58,7 @@ async def test_request_stop_drains_everything_in_flight(fresh_dsn: str) -> None:
         pipeline = Pipeline(synthetic_spec(options={"rate": None}), db)
         run = asyncio.create_task(pipeline.run())
         # wait for real progress (or the run's end, so a failing run reports its error)
-        await wait_until(lambda: run.done() or pipeline.snapshot().coordinator.committed >= 2_000)
+        await wait_until(lambda: run.done() or pipeline.stats().coordinator.committed >= 2_000)
         pipeline.request_stop()
         stats = await asyncio.wait_for(run, 30)
         assert stats.balanced and stats.received >= 2_000
@@ -71,13 +72,13 @@ async def test_cancelling_run_drains_like_a_stop(fresh_dsn: str, tmp_path: Path)
         dlq = DeadLetterQueue(tmp_path)
         pipeline = Pipeline(synthetic_spec(options={"rate": None}), db, dlq=dlq)
         run = asyncio.create_task(pipeline.run())
-        await wait_until(lambda: run.done() or pipeline.snapshot().coordinator.committed > 0)
+        await wait_until(lambda: run.done() or pipeline.stats().coordinator.committed > 0)
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(run, 30)
-        stats = pipeline.snapshot()
+        stats = pipeline.stats()
         assert stats.received > 0 and stats.channel.depth == 0
-        assert stats.balanced, stats.counters()
+        assert stats.balanced, stats.to_dict()
         assert await row_count(db, "quotes") + dlq.count() == stats.received
         assert stats.state == "failed" and "CancelledError" in (stats.error or "")
 
@@ -86,7 +87,7 @@ async def test_second_writer_for_the_same_stream_is_refused(fresh_dsn: str) -> N
     async with Database.connect(fresh_dsn) as db:
         first = Pipeline(synthetic_spec("solo"), db)
         run = asyncio.create_task(first.run())
-        await wait_until(lambda: run.done() or first.snapshot().received > 0)
+        await wait_until(lambda: run.done() or first.stats().received > 0)
         with pytest.raises(LockHeldError, match="mdp:stream:solo"):
             await Pipeline(synthetic_spec("solo"), db).run(max_seconds=1)
         first.request_stop()
@@ -122,7 +123,7 @@ async def test_provider_failure_is_raised_after_the_drain(fresh_dsn: str) -> Non
         pipeline = Pipeline(spec, db, registry=registry)
         with pytest.raises(ConnectionError, match="upstream went away"):
             await asyncio.wait_for(pipeline.run(), 30)
-        stats = pipeline.snapshot()
+        stats = pipeline.stats()
         assert stats.state == "failed" and "upstream went away" in (stats.error or "")
         assert stats.balanced and stats.received == 50
         assert await row_count(db, "quotes") == 50  # what came before the failure landed
@@ -221,7 +222,7 @@ async def test_lock_is_reacquired_after_a_database_restart(own_server, tmp_path:
             synthetic_spec("relock"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=0.1
         )
         run = asyncio.create_task(pipeline.run())
-        await wait_until(lambda: pipeline.snapshot().coordinator.committed > 0)
+        await wait_until(lambda: pipeline.stats().coordinator.committed > 0)
         assert pipeline.holds_lock
         own_server.stop("immediate")
         await wait_until(lambda: not pipeline.holds_lock)
@@ -242,7 +243,7 @@ async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path
             synthetic_spec("taken"), db, dlq=DeadLetterQueue(tmp_path), lock_check_interval=3600
         )
         run = asyncio.create_task(first.run())
-        await wait_until(lambda: first.snapshot().coordinator.committed > 0)
+        await wait_until(lambda: first.stats().coordinator.committed > 0)
         own_server.stop("immediate")
         await wait_until(lambda: not first.holds_lock)
         own_server.start()
@@ -253,7 +254,7 @@ async def test_stream_stops_if_another_writer_took_the_lock(own_server, tmp_path
             await first.check_lock()  # finds the lock taken: asks the stream to stop
         with pytest.raises(LockHeldError):
             await asyncio.wait_for(run, 60)  # which drains, then fails
-        assert first.snapshot().balanced
+        assert first.stats().balanced
         second.request_stop()
         assert (await asyncio.wait_for(second_run, 60)).balanced
 
@@ -321,4 +322,4 @@ async def test_a_lock_that_cannot_be_held_stops_the_stream(
         with pytest.raises(RuntimeError, match="the lock cannot be taken"):
             await asyncio.wait_for(run, 60)
     assert calls["n"] == 1 + 5  # _LOCK_FAILURES attempts after the first
-    assert pipeline.snapshot().balanced
+    assert pipeline.stats().balanced

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from mdp_core.channel import Channel, Overflow
+from mdp_core.channel import Channel, ChannelOverflow
 from mdp_core.coordinator import RetryPolicy
 from mdp_core.edge import Edge
 from mdp_core.instruments import contract_for, what_to_show_for
@@ -164,7 +164,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         graceful_cancel_timeout: float = 5.0,
         *,
         channel_capacity: int = 10_000,
-        channel_overflow: Overflow | None = None,
+        channel_overflow: ChannelOverflow | None = None,
         what_to_show: str = "TRADES",
         use_rth: bool | None = None,
         contract_factory: Callable[[str], Any] | None = None,
@@ -219,7 +219,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         self.settings = settings
         self.graceful_cancel_timeout = float(graceful_cancel_timeout)
         self.channel_capacity = channel_capacity
-        self.channel_overflow: Overflow = channel_overflow
+        self.channel_overflow: ChannelOverflow = channel_overflow
         self.what_to_show = what
         self.use_rth = settings.use_rth if use_rth is None else bool(use_rth)
         self.contract_factory = contract_factory or contract_for  # instrument ids
