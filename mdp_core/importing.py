@@ -34,11 +34,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mdp_core.columns import Column, Kind, records_table, to_table
-from mdp_core.coordinator import RetryPolicy
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.logs import logger
 from mdp_core.models import resolution_timedelta
 from mdp_core.providers.replay import ReplaySource
+from mdp_core.retry import RetryPolicy
 from mdp_core.store.bulk import BulkResult, BulkWriter
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink

@@ -29,10 +29,10 @@ import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mdp_core.coordinator import RetryPolicy
 from mdp_core.errors import classify_error
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record
+from mdp_core.retry import RetryPolicy
 from mdp_core.store.database import STAGE_TABLES
 from mdp_core.store.sinks import BarsSink, QuotesSink
 

@@ -17,13 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from mdp_core.dlq import (
-    CLAIM_PREFIX,
-    CORRUPT_FILE,
-    QUARANTINE_FILE,
-    DeadLetterQueue,
-    ReplayBusyError,
-)
+from mdp_core.dlq import DeadLetterQueue, ReplayBusyError
+from mdp_core.dlq.files import CLAIM_PREFIX, CORRUPT_FILE, QUARANTINE_FILE
 from mdp_core.models import Quote
 from tests.coordinator.helpers import MemorySink, bars, quotes
 

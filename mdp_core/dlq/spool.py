@@ -1,4 +1,4 @@
-"""The dead-letter queue: a local, durable spool of records the database did not take.
+"""``DeadLetterQueue``: a local, durable spool of records the database did not take.
 
 Layout under ``directory`` (default ``get_settings().dlq_dir``, i.e. ``$MDP_HOME/dlq``):
 
@@ -39,7 +39,6 @@ import builtins
 import contextlib
 import fcntl
 import itertools
-import json
 import os
 import shutil
 import stat
@@ -47,154 +46,45 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from mdp_core.dlq.files import (
+    CLAIM_PREFIX,
+    CORRUPT_FILE,
+    DIR_MODE,
+    FILE_MODE,
+    LOCK_FILE,
+    QUARANTINE_FILE,
+    RECORD_START,
+    REPLAY_LOCK_FILE,
+    SEGMENT_PREFIX,
+    WORK_SUFFIXES,
+    fsync_dir,
+    lines,
+    private,
+    write_all,
+)
+from mdp_core.dlq.records import (
+    DeadLetterRecord,
+    ReplayBusyError,
+    ReplayResult,
+    parse_line,
+    to_line,
+)
+from mdp_core.dlq.replay import Replay
 from mdp_core.errors import Classification, ErrorInfo, classify_error, error_info
 from mdp_core.logs import logger
-from mdp_core.models import Record, record_from_dict
+from mdp_core.models import Record
 from mdp_core.settings import get_settings
 
 if TYPE_CHECKING:
-    from mdp_core.coordinator import Sink
+    from mdp_core.sink import Sink
 
-__all__ = [
-    "DeadLetterQueue",
-    "DeadLetterRecord",
-    "ReplayBusyError",
-    "ReplayResult",
-]
+__all__ = ["DeadLetterQueue"]
 
-SEGMENT_PREFIX = "seg-"
-CLAIM_PREFIX = "replaying-"
-QUARANTINE_FILE = "quarantine.jsonl"
-CORRUPT_FILE = "corrupt.jsonl"
-_LOCK_FILE = ".lock"
-_REPLAY_LOCK_FILE = ".replay.lock"
-_WORK_SUFFIXES = (".rewrite", ".quarantine")
-_FILE_MODE = 0o600
-_DIR_MODE = 0o700
-_RECORD_START = b'{"id":'  # every record line starts so (``to_dict`` puts the id first)
 _counter = itertools.count()
-
-
-class ReplayBusyError(RuntimeError):
-    """Another replay or purge is running on the same spool."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    """One dead-lettered item, enough to rebuild it exactly (``record()``)."""
-
-    id: str
-    kind: str
-    item: dict[str, Any]
-    error: ErrorInfo
-    attempts: int
-    first_failed_at: datetime
-    last_failed_at: datetime
-    stream: str = ""
-    source: str = ""
-    replays: int = 0  # replays in which it failed for a data (or unknown) reason
-
-    def record(self) -> Record:
-        """The Quote or Bar this record holds (validated again; raises if it is invalid)."""
-        return record_from_dict(self.kind, self.item)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "stream": self.stream,
-            "source": self.source,
-            "item": self.item,
-            "error": self.error.to_dict(),
-            "attempts": self.attempts,
-            "replays": self.replays,
-            "first_failed_at": self.first_failed_at.isoformat(),
-            "last_failed_at": self.last_failed_at.isoformat(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeadLetterRecord:
-        return cls(
-            id=str(data["id"]),
-            kind=str(data["kind"]),
-            item=dict(data["item"]),
-            error=ErrorInfo.from_dict(data.get("error") or {}),
-            attempts=int(data.get("attempts", 0)),
-            first_failed_at=datetime.fromisoformat(data["first_failed_at"]),
-            last_failed_at=datetime.fromisoformat(data["last_failed_at"]),
-            stream=str(data.get("stream", "")),
-            source=str(data.get("source", "")),
-            replays=int(data.get("replays", 0)),
-        )
-
-    def failed_again(self, error: ErrorInfo, *, counts_as_replay: bool) -> DeadLetterRecord:
-        """This record after one more failed write."""
-        return replace(
-            self,
-            error=error,
-            attempts=self.attempts + 1,
-            replays=self.replays + (1 if counts_as_replay else 0),
-            last_failed_at=datetime.now(UTC),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayResult:
-    """What a replay did: ``replayed`` records committed (``new_rows`` of them were new
-    rows; the rest were already in the table), ``still_failing`` kept in the spool,
-    ``quarantined`` moved to the quarantine file, ``skipped`` of a kind with no sink."""
-
-    replayed: int = 0
-    still_failing: int = 0
-    quarantined: int = 0
-    new_rows: int = 0
-    skipped: int = 0
-    errors: dict[str, int] = field(default_factory=dict)  # error type -> records failing
-
-
-def _line(record: DeadLetterRecord) -> str:
-    return json.dumps(record.to_dict(), separators=(",", ":"))
-
-
-def _parse(line: str) -> DeadLetterRecord | None:
-    """The record of one spool line, or None if the line is not one (a torn write)."""
-    try:
-        return DeadLetterRecord.from_dict(json.loads(line))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _lines(path: Path) -> Iterator[str]:
-    """The non-blank lines of ``path`` without their newline, read lazily (nothing if the
-    file is gone: a replay or purge moved it meanwhile)."""
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed below, also when abandoned)
-    except FileNotFoundError:
-        return
-    with f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.strip():
-                yield line
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class DeadLetterQueue:
@@ -228,21 +118,21 @@ class DeadLetterQueue:
 
     def _ensure_dir(self) -> None:
         if not self.directory.is_dir():
-            self.directory.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
-            os.chmod(self.directory, _DIR_MODE)  # mkdir's mode is filtered by the umask
-            _fsync_dir(self.directory.parent)
+            self.directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(self.directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+            fsync_dir(self.directory.parent)
         elif not self._dir_checked:
             mode = stat.S_IMODE(self.directory.stat().st_mode)
             if mode & 0o077:
                 with contextlib.suppress(OSError):  # not ours to change: leave it
-                    os.chmod(self.directory, _DIR_MODE)
+                    os.chmod(self.directory, DIR_MODE)
         self._dir_checked = True
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         """Short exclusive section across threads and processes."""
         self._ensure_dir()
-        with self._thread_lock, open(self.directory / _LOCK_FILE, "a", opener=_private) as lock:
+        with self._thread_lock, open(self.directory / LOCK_FILE, "a", opener=private) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -252,7 +142,7 @@ class DeadLetterQueue:
     @contextlib.contextmanager
     def _replay_lock(self) -> Iterator[None]:
         self._ensure_dir()
-        with open(self.directory / _REPLAY_LOCK_FILE, "a", opener=_private) as lock:
+        with open(self.directory / REPLAY_LOCK_FILE, "a", opener=private) as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -280,11 +170,11 @@ class DeadLetterQueue:
         return sorted(files, key=lambda p: p.name.removeprefix(CLAIM_PREFIX))
 
     def _append(self, path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 if self.fsync:
                     os.fsync(fd)
             except BaseException:
@@ -312,7 +202,7 @@ class DeadLetterQueue:
         now = datetime.now(UTC)
         info = error_info(error)
         lines = [
-            _line(
+            to_line(
                 DeadLetterRecord(
                     id=uuid.uuid4().hex,
                     kind=kind or item.kind,
@@ -328,18 +218,18 @@ class DeadLetterQueue:
             for item in items
         ]
         if lines:
-            self._put_lines(lines)
+            self._putlines(lines)
         return len(lines)
 
-    def _put_lines(self, lines: list[str]) -> None:
+    def _putlines(self, lines: list[str]) -> None:
         data = ("\n".join(lines) + "\n").encode("utf-8")
         with self._lock():
             path = self._active
             if path is None or not path.exists() or path.stat().st_size >= self.segment_bytes:
                 path = self.directory / self._new_segment_name()
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE))
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
                 if self.fsync:
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
                 self._active = path
             self._append(path, data)
 
@@ -357,8 +247,8 @@ class DeadLetterQueue:
         """Records in the spool (or the quarantine), oldest first, filtered; read lazily."""
         files = [self.directory / QUARANTINE_FILE] if quarantined else self._spool_files()
         for path in files:
-            for line in _lines(path):
-                record = _parse(line)
+            for line in lines(path):
+                record = parse_line(line)
                 if record is None:
                     continue
                 if kind is not None and record.kind != kind:
@@ -401,7 +291,7 @@ class DeadLetterQueue:
             try:
                 with open(path, "rb") as f:
                     total += sum(
-                        1 for line in f if line.startswith(_RECORD_START) and line.endswith(b"}\n")
+                        1 for line in f if line.startswith(RECORD_START) and line.endswith(b"}\n")
                     )
             except FileNotFoundError:
                 continue
@@ -415,7 +305,7 @@ class DeadLetterQueue:
         claimed: builtins.list[Path] = []
         with self._lock():
             for path in self.directory.iterdir():
-                if path.name.startswith(".") and path.name.endswith(_WORK_SUFFIXES):
+                if path.name.startswith(".") and path.name.endswith(WORK_SUFFIXES):
                     path.unlink(missing_ok=True)
             for path in self._spool_files():
                 if path.name.startswith(CLAIM_PREFIX):
@@ -425,12 +315,12 @@ class DeadLetterQueue:
                     os.replace(path, target)
                     claimed.append(target)
             if self.fsync and claimed:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         return claimed
 
     def _work_file(self, claimed: Path, suffix: str) -> IO[str]:
         path = self.directory / f".{claimed.name}{suffix}"
-        return open(path, "w", encoding="utf-8", opener=_private)
+        return open(path, "w", encoding="utf-8", opener=private)
 
     def _settle(
         self, claimed: Path, keep: IO[str], quarantine: IO[str], final: Path | None = None
@@ -452,7 +342,7 @@ class DeadLetterQueue:
             with (
                 self._lock(),
                 open(quarantine_path, "rb") as src,
-                open(target, "ab", opener=_private) as dst,
+                open(target, "ab", opener=private) as dst,
             ):
                 shutil.copyfileobj(src, dst)
                 dst.flush()
@@ -469,14 +359,14 @@ class DeadLetterQueue:
                 keep_path.unlink(missing_ok=True)
                 claimed.unlink(missing_ok=True)
             if self.fsync:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
 
     def _unclaim(self, claimed: Path) -> None:
         """Give back a claimed segment untouched."""
         with self._lock():
             os.replace(claimed, claimed.with_name(claimed.name.removeprefix(CLAIM_PREFIX)))
             if self.fsync:
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
 
     def _append_corrupt(self, lines: builtins.list[str]) -> None:
         if lines:
@@ -512,7 +402,7 @@ class DeadLetterQueue:
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected an int >= 1")
         sinks = {s.kind: s for s in (sink if isinstance(sink, Sequence) else [sink])}
-        run = _Replay(sinks, classify or classify_error, max_attempts, batch_size, progress)
+        run = Replay(sinks, classify or classify_error, max_attempts, batch_size, progress)
         with self._replay_lock():
             for claimed in self._claim():
                 if run.stopped:
@@ -523,7 +413,7 @@ class DeadLetterQueue:
                     self._work_file(claimed, ".rewrite") as keep,
                     self._work_file(claimed, ".quarantine") as quarantine,
                 ):
-                    corrupt = await run.segment(_lines(claimed), keep, quarantine)
+                    corrupt = await run.segment(lines(claimed), keep, quarantine)
                     self._append_corrupt(corrupt)
                     self._settle(claimed, keep, quarantine)
         result = run.totals.result()
@@ -560,7 +450,7 @@ class DeadLetterQueue:
         def rewrite(lines: Iterable[str], keep: IO[str]) -> None:
             nonlocal deleted
             for line in lines:
-                record = _parse(line)
+                record = parse_line(line)
                 if record is not None and (cutoff is None or record.last_failed_at < cutoff):
                     deleted += 1
                 else:
@@ -573,7 +463,7 @@ class DeadLetterQueue:
                     self._work_file(quarantine, ".rewrite") as keep,
                     self._work_file(quarantine, ".quarantine") as empty,
                 ):
-                    rewrite(_lines(quarantine), keep)
+                    rewrite(lines(quarantine), keep)
                     self._settle(quarantine, keep, empty, final=quarantine)
             if not quarantined_only:
                 for claimed in self._claim():
@@ -581,155 +471,7 @@ class DeadLetterQueue:
                         self._work_file(claimed, ".rewrite") as keep,
                         self._work_file(claimed, ".quarantine") as empty,
                     ):
-                        rewrite(_lines(claimed), keep)
+                        rewrite(lines(claimed), keep)
                         self._settle(claimed, keep, empty)
         logger.info("DLQ purge in {}: {} records deleted", self.directory, deleted)
         return deleted
-
-
-def _private(path: str, flags: int) -> int:
-    """An ``open`` opener that creates files ``0600``."""
-    return os.open(path, flags, _FILE_MODE)
-
-
-class _Replay:
-    """One replay's state: which sinks, its counters, whether an outage stopped it."""
-
-    def __init__(
-        self,
-        sinks: dict[str, Sink[Any]],
-        classify: Callable[[BaseException], Classification],
-        max_attempts: int,
-        batch_size: int,
-        progress: Callable[[int], object] | None,
-    ) -> None:
-        self.sinks = sinks
-        self.classify = classify
-        self.max_attempts = max_attempts
-        self.batch_size = batch_size
-        self.progress = progress
-        self.totals = _Totals()
-        self.stopped = False  # a transient error: keep the rest untouched
-
-    def count_untouched(self, claimed: Path) -> None:
-        for line in _lines(claimed):
-            record = _parse(line)
-            if record is not None:
-                self._pending(record)
-
-    async def segment(
-        self, lines: Iterable[str], keep: IO[str], quarantine: IO[str]
-    ) -> builtins.list[str]:
-        """Replay one claimed segment's lines in batches; write what stays to ``keep`` and
-        ``quarantine``; return the lines that are not records."""
-        corrupt: builtins.list[str] = []
-        batch: builtins.list[DeadLetterRecord] = []
-        for line in lines:
-            record = _parse(line)
-            if record is None:
-                corrupt.append(line)
-            elif self.stopped or record.kind not in self.sinks:
-                keep.write(line + "\n")
-                self._pending(record)
-            else:
-                batch.append(record)
-                if len(batch) >= self.batch_size:
-                    await self._batch(batch, keep, quarantine)
-                    batch = []
-        if batch:
-            await self._batch(batch, keep, quarantine)
-        return corrupt
-
-    async def _batch(
-        self, batch: builtins.list[DeadLetterRecord], keep: IO[str], quarantine: IO[str]
-    ) -> None:
-        for kind in dict.fromkeys(r.kind for r in batch):
-            of_kind = [r for r in batch if r.kind == kind]
-            failed, stop = await _replay_batch(
-                self.sinks[kind], of_kind, self.classify, self.totals
-            )
-            self.stopped = self.stopped or stop
-            for record in failed:
-                if record.replays >= self.max_attempts:
-                    quarantine.write(_line(record) + "\n")
-                    self.totals.quarantined += 1
-                else:
-                    keep.write(_line(record) + "\n")
-                    self._pending(record)
-        if self.progress is not None:
-            self.progress(len(batch))
-
-    def _pending(self, record: DeadLetterRecord) -> None:
-        if record.kind in self.sinks:
-            self.totals.still_failing += 1
-            self.totals.errors[record.error.type] = self.totals.errors.get(record.error.type, 0) + 1
-        else:
-            self.totals.skipped += 1
-
-
-@dataclass
-class _Totals:
-    replayed: int = 0
-    still_failing: int = 0
-    quarantined: int = 0
-    new_rows: int = 0
-    skipped: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
-
-    def result(self) -> ReplayResult:
-        return ReplayResult(
-            replayed=self.replayed,
-            still_failing=self.still_failing,
-            quarantined=self.quarantined,
-            new_rows=self.new_rows,
-            skipped=self.skipped,
-            errors=dict(self.errors),
-        )
-
-
-async def _replay_batch(
-    sink: Sink[Any],
-    batch: builtins.list[DeadLetterRecord],
-    classify: Callable[[BaseException], Classification],
-    totals: _Totals,
-) -> tuple[builtins.list[DeadLetterRecord], bool]:
-    """Write one batch of records of one kind; return the records that failed (updated)
-    and whether an infrastructure error says the replay should stop."""
-    failed: builtins.list[DeadLetterRecord] = []
-    items: builtins.list[tuple[DeadLetterRecord, Record]] = []
-    for record in batch:
-        try:
-            items.append((record, record.record()))
-        except (ValueError, TypeError, KeyError) as exc:  # it can never be written
-            failed.append(record.failed_again(error_info(exc), counts_as_replay=True))
-    stop = await _write_isolating(sink, items, classify, totals, failed)
-    return failed, stop
-
-
-async def _write_isolating(
-    sink: Sink[Any],
-    items: builtins.list[tuple[DeadLetterRecord, Record]],
-    classify: Callable[[BaseException], Classification],
-    totals: _Totals,
-    failed: builtins.list[DeadLetterRecord],
-) -> bool:
-    """Write ``items``; bisect on data errors so only the bad records fail. Returns True
-    when an infrastructure error stopped it (the unwritten records are in ``failed``)."""
-    if not items:
-        return False
-    try:
-        new_rows = await sink.write([item for _, item in items])
-    except Exception as exc:
-        kind = classify(exc)
-        if kind == "permanent" and len(items) > 1:
-            mid = len(items) // 2
-            if await _write_isolating(sink, items[:mid], classify, totals, failed):
-                failed.extend(r for r, _ in items[mid:])  # not tried: kept as they are
-                return True
-            return await _write_isolating(sink, items[mid:], classify, totals, failed)
-        info = error_info(exc)
-        failed.extend(r.failed_again(info, counts_as_replay=kind != "transient") for r, _ in items)
-        return kind == "transient"
-    totals.replayed += len(items)
-    totals.new_rows += new_rows
-    return False
