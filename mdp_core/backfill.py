@@ -36,17 +36,17 @@ from typing import Any
 
 from mdp_core.calendars import get_calendar, open_intervals
 from mdp_core.coordinator import (
-    CoordinatorRuntimeSettings,
     CoordinatorSettings,
     CoordinatorStats,
     RetryPolicy,
     WriteCoordinator,
 )
 from mdp_core.dlq import DeadLetterQueue
-from mdp_core.instruments import parse_instrument, what_to_show_for
+from mdp_core.instruments import parse_instrument
 from mdp_core.logs import logger
 from mdp_core.models import Bar, parse_resolution, resolution_seconds
 from mdp_core.providers.base import ProviderError, normalize_symbols
+from mdp_core.providers.ibkr.contracts import ib_contract, what_to_show_for
 from mdp_core.providers.ibkr.history import (
     HistoryRequest,
     HistoryRequestError,
@@ -339,7 +339,7 @@ class Backfill:
         self.concurrency = concurrency
         self.request_timeout = request_timeout
         self.max_pacing_retries = max_pacing_retries
-        self.coordinator_settings = coordinator or CoordinatorRuntimeSettings().to_settings()
+        self.coordinator_settings = coordinator or CoordinatorSettings.from_env()
         self.retry_policy = retry_policy or BACKFILL_RETRY_POLICY
         self.dlq = dlq if dlq is not None else DeadLetterQueue()
         self.source = source
@@ -404,7 +404,7 @@ class Backfill:
         return ib
 
     async def _qualify(self, ib: Any) -> None:
-        contracts = {s: spec.contract() for s, spec in self.specs.items()}
+        contracts = {s: ib_contract(spec) for s, spec in self.specs.items()}
         timeout = 2 * self.settings.connect_timeout + len(contracts) / 40
         try:
             await asyncio.wait_for(ib.qualifyContractsAsync(*contracts.values()), timeout)

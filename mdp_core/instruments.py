@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 __all__ = [
     "FORM",
     "SEC_TYPES",
     "InstrumentSpec",
     "canonical_id",
-    "contract_for",
     "parse_instrument",
-    "what_to_show_for",
 ]
 
 SecType = Literal["STK", "CASH", "FUT", "CONTFUT", "IND"]
@@ -104,12 +102,6 @@ class InstrumentSpec:
             fields["lastTradeDateOrContractMonth"] = self.expiry
         return fields
 
-    def contract(self) -> Any:
-        """An ib_async (or ib_insync) contract for it; needs the library (``mdp[ibkr]``)."""
-        from mdp_core.providers.ibkr.compat import load_ib_library
-
-        return load_ib_library().module.Contract.create(**self.contract_fields())
-
 
 def _bad(text: object, why: str) -> ValueError:
     return ValueError(f"invalid instrument id {text!r}: {why}; expected {FORM} ({_EXAMPLES})")
@@ -156,16 +148,3 @@ def parse_instrument(text: str) -> InstrumentSpec:
 def canonical_id(text: str) -> str:
     """``parse_instrument(text).id``: the one spelling stored for that instrument."""
     return parse_instrument(text).id
-
-
-def contract_for(text: str) -> Any:
-    """The ib_async contract of an instrument id (the IBKR source's default factory)."""
-    return parse_instrument(text).contract()
-
-
-def what_to_show_for(contract: Any, what_to_show: str) -> str:
-    """``what_to_show`` for ``contract``, except ``TRADES`` of FX (``secType`` ``CASH``), which
-    IB does not have: ``MIDPOINT`` then."""
-    if what_to_show == "TRADES" and getattr(contract, "secType", "") == "CASH":
-        return "MIDPOINT"
-    return what_to_show

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from mdp_core.coordinator import CoordinatorSettings
 
 __all__ = [
     "CheckSettings",
@@ -132,7 +129,7 @@ QueueOverflow = Literal["block", "drop_oldest", "error"]
 class CoordinatorRuntimeSettings(BaseSettings):
     """The write coordinator's sizing from ``MDP_COORDINATOR_CAPACITY``, ``..._WORKERS``,
     ``..._BATCH_SIZE``, ``..._FLUSH_INTERVAL``, ``..._DRAIN_TIMEOUT``, ``..._OVERFLOW``, the
-    watermarks and the circuit breaker (``to_settings()``: a ``CoordinatorSettings``)."""
+    watermarks and the circuit breaker (``CoordinatorSettings.from_env`` turns them into one)."""
 
     model_config = SettingsConfigDict(env_prefix="MDP_", extra="ignore")
 
@@ -156,15 +153,11 @@ class CoordinatorRuntimeSettings(BaseSettings):
             )
         return self
 
-    def to_settings(self, **overrides: Any) -> CoordinatorSettings:
-        """The equivalent ``CoordinatorSettings`` (``overrides`` for callbacks and such)."""
-        from mdp_core.coordinator import CoordinatorSettings
-
-        values = {
+    def values(self) -> dict[str, Any]:
+        """The settings under ``CoordinatorSettings``' names (without ``coordinator_``)."""
+        return {
             name.removeprefix("coordinator_"): value for name, value in self.model_dump().items()
         }
-        values.update(overrides)
-        return CoordinatorSettings(**values)
 
 
 class CheckSettings(BaseSettings):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mdp_core.coordinator import CoordinatorSettings
 from mdp_core.models import parse_resolution
 from mdp_core.providers.base import normalize_symbols
-from mdp_core.settings import CoordinatorRuntimeSettings, IBKRSettings
+from mdp_core.settings import IBKRSettings
 
 __all__ = ["CoordinatorTuning", "StreamSpec", "StreamsConfigError", "load_streams"]
 
@@ -36,7 +36,7 @@ class CoordinatorTuning(BaseModel):
 
     def to_settings(self) -> CoordinatorSettings:
         overrides = {k: v for k, v in self.model_dump().items() if v is not None}
-        return CoordinatorRuntimeSettings().to_settings(**overrides)
+        return CoordinatorSettings.from_env(**overrides)
 
 
 # Keyword arguments the pipeline passes to the provider itself.

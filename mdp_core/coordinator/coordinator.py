@@ -92,7 +92,7 @@ class WriteCoordinator(Generic[T]):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if isinstance(settings, CoordinatorRuntimeSettings):
-            settings = settings.to_settings()
+            settings = CoordinatorSettings.from_env(settings)
         self.sink = sink
         self.settings = s = settings or CoordinatorSettings()
         self.retry_policy = retry_policy or RetryPolicy()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mdp_core.settings import QueueOverflow
+from mdp_core.settings import CoordinatorRuntimeSettings, QueueOverflow
 
 __all__ = ["CoordinatorSettings"]
 
@@ -33,6 +34,16 @@ class CoordinatorSettings:
     on_low_watermark: Callable[[int, int], object] | None = field(default=None, compare=False)
     circuit_failure_threshold: int = 5
     circuit_reset_timeout: float = 0.5
+
+    @classmethod
+    def from_env(
+        cls, runtime: CoordinatorRuntimeSettings | None = None, **overrides: Any
+    ) -> CoordinatorSettings:
+        """The settings of ``runtime`` (default: read from ``MDP_COORDINATOR_*`` now), with
+        ``overrides`` (callbacks and such) on top."""
+        values = (runtime or CoordinatorRuntimeSettings()).values()
+        values.update(overrides)
+        return cls(**values)
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object) -> None:

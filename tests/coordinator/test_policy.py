@@ -82,7 +82,7 @@ def test_runtime_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MDP_COORDINATOR_WORKERS", "3")
     monkeypatch.setenv("MDP_COORDINATOR_OVERFLOW", "drop_oldest")
     settings = CoordinatorRuntimeSettings()
-    converted = settings.to_settings()
+    converted = CoordinatorSettings.from_env(settings)
     assert (converted.capacity, converted.workers, converted.overflow) == (
         1234,
         3,
@@ -110,7 +110,7 @@ def test_runtime_settings_keyword_form_from_the_design() -> None:
         coordinator_batch_size=500,
         coordinator_flush_interval=0.25,
     )
-    assert settings.to_settings() == CoordinatorSettings()
+    assert CoordinatorSettings.from_env(settings) == CoordinatorSettings()
 
 
 async def test_circuit_opens_after_threshold_and_probes_once() -> None:

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 from ib_async import Contract
 
-from mdp_core.instruments import (
-    InstrumentSpec,
-    canonical_id,
-    contract_for,
-    parse_instrument,
-    what_to_show_for,
-)
+from mdp_core.instruments import InstrumentSpec, canonical_id, parse_instrument
 from mdp_core.providers.base import normalize_symbols
+from mdp_core.providers.ibkr.contracts import contract_for, what_to_show_for
 from mdp_core.streams import StreamSpec
 
 

@@ -38,12 +38,12 @@ from typing import Any, Literal
 from mdp_core.channel import Channel, ChannelOverflow
 from mdp_core.coordinator import RetryPolicy
 from mdp_core.edge import Edge
-from mdp_core.instruments import contract_for, what_to_show_for
 from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, Record, parse_resolution, resolution_seconds
 from mdp_core.providers.base import ProviderError, ProviderSource
 from mdp_core.providers.ibkr.compat import IBLibrary, load_ib_library
 from mdp_core.providers.ibkr.connection import connect_ib
+from mdp_core.providers.ibkr.contracts import contract_for, what_to_show_for
 from mdp_core.providers.ibkr.records import (
     BAR_SECONDS,
     SymbolState,
@@ -103,7 +103,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         what_to_show: ``TRADES`` (default), ``MIDPOINT``, ``BID`` or ``ASK`` (bars).
         use_rth: regular trading hours only (default ``ibkr_settings.use_rth``).
         contract_factory: symbol -> ib_async contract (default: the instrument id's,
-            ``mdp_core.instruments.contract_for``: ``AAPL`` is ``Stock("AAPL", "SMART",
+            ``mdp_core.providers.ibkr.contracts.contract_for``: ``AAPL`` is ``Stock("AAPL", "SMART",
             "USD")``, ``EUR:CASH:IDEALPRO:USD`` the EUR.USD pair, ...). Records keep the
             requested symbol. Bars of FX (``secType`` CASH) are MIDPOINT when
             ``what_to_show`` is TRADES: IB has no FX trades.
