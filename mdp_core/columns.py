@@ -78,79 +78,93 @@ def to_table(
     ``source`` the source of rows without a source column value; ``read_time`` reads one
     time value the replay provider's way; ``nt_times`` says the times are NinjaTrader's
     ``yyyymmdd HHMMSS``; ``shift`` is subtracted from bar times (end-stamped bars)."""
-    bad = pa.array([False] * n, pa.bool_())
+    refused = _Refused(n)
     out: dict[str, pa.Array] = {}
-
-    def refuse(mask: pa.Array) -> None:
-        nonlocal bad
-        bad = pc.or_(bad, pc.fill_null(mask, True))
-
     if "symbol" in raw:
         symbols, unreadable = _symbols(raw["symbol"])
-        refuse(unreadable)
+        refused.add(unreadable)
         out["symbol"] = symbols
     else:
         out["symbol"] = pa.array([symbol or ""] * n, pa.string())  # replay refused no symbol
     ts, unreadable = _times(raw.get("ts"), n, read_time, nt_times)
-    refuse(unreadable)
-    refuse(_out_of_range(ts))
+    refused.add(unreadable)
+    refused.add(_out_of_range(ts))
     out["ts"] = ts
     numbers: dict[str, pa.Array] = {}
     for field in _NUMBER_FIELDS[kind]:
         if field in raw:
-            values, unreadable = _floats(raw[field], n)
-            refuse(unreadable)
+            numbers[field], unreadable = _floats(raw[field], n)
+            refused.add(unreadable)
         else:
-            values = pa.nulls(n, _F)
-        numbers[field] = values
-
+            numbers[field] = pa.nulls(n, _F)
     if kind == "bars":
-        o, h, lo, c = (numbers[f] for f in ("open", "high", "low", "close"))
-        for price in (o, h, lo, c):
-            refuse(pc.invert(_finite_over(price, 0.0, strict=True)))  # null or NaN: refused
-        refuse(pc.invert(_finite_over(numbers["volume"], 0.0, strict=False)))
-        consistent = pc.and_(
-            pc.and_(pc.less_equal(lo, o), pc.less_equal(o, h)),
-            pc.and_(pc.less_equal(lo, c), pc.less_equal(c, h)),
-        )
-        refuse(pc.invert(consistent))
-        vwap = _absent_nan(numbers["vwap"])
-        refuse(pc.invert(_optional(vwap, strict=True)))
-        count = numbers["trade_count"]
-        whole = pc.and_(
-            pc.and_(_finite_over(count, 0.0, strict=False), pc.less(count, 2.0**63)),
-            pc.equal(pc.floor(count), count),
-        )  # a whole number >= 0 that fits the table's bigint
-        refuse(pc.and_(pc.is_valid(count), pc.invert(pc.fill_null(whole, False))))
         if shift:
-            ts = pc.subtract(ts, pa.scalar(shift, pa.duration("us")))
+            out["ts"] = pc.subtract(ts, pa.scalar(shift, pa.duration("us")))
         label = resolution or ""
         if "resolution" in raw:
-            refuse(pc.invert(_same_resolution(raw["resolution"], label)))
-        out.update(
-            resolution=pa.array([label] * n, pa.string()),
-            ts=ts,
-            open=o,
-            high=h,
-            low=lo,
-            close=c,
-            volume=numbers["volume"],
-            vwap=vwap,
-            trade_count=pc.cast(pc.if_else(whole, count, _NULL_F), pa.int64(), safe=False),
-            partial=pa.array([False] * n, pa.bool_()),  # a file's bars are as they are
-        )
+            refused.add(pc.invert(_same_resolution(raw["resolution"], label)))
+        out["resolution"] = pa.array([label] * n, pa.string())
+        out.update(_bar_numbers(numbers, refused))
     else:
-        for field in ("bid", "ask", "last"):
-            out[field] = _absent_nan(numbers[field])
-            refuse(pc.invert(_optional(out[field], strict=True)))
-        for field in ("bid_size", "ask_size", "last_size"):
-            out[field] = _absent_nan(numbers[field])
-            refuse(pc.invert(_optional(out[field], strict=False)))
+        out.update(_quote_numbers(numbers, refused))
     out["source"] = _sources(raw.get("source"), n, source)
 
     schema = _SCHEMAS[kind]
     table = pa.table([out[name] for name in schema.names], schema=schema)
-    return table.filter(pc.invert(bad)), bad
+    return table.filter(pc.invert(refused.mask)), refused.mask
+
+
+class _Refused:
+    """The mask of refused rows, grown rule by rule (a null verdict refuses the row)."""
+
+    def __init__(self, n: int) -> None:
+        self.mask: pa.BooleanArray = pa.array([False] * n, pa.bool_())
+
+    def add(self, mask: pa.Array) -> None:
+        self.mask = pc.or_(self.mask, pc.fill_null(mask, True))
+
+
+def _bar_numbers(numbers: dict[str, pa.Array], refused: _Refused) -> dict[str, pa.Array]:
+    """A bar's number columns, refusing rows that break the ``Bar`` model's rules."""
+    o, h, lo, c = (numbers[f] for f in ("open", "high", "low", "close"))
+    for price in (o, h, lo, c):
+        refused.add(pc.invert(_finite_over(price, 0.0, strict=True)))  # null or NaN: refused
+    refused.add(pc.invert(_finite_over(numbers["volume"], 0.0, strict=False)))
+    consistent = pc.and_(
+        pc.and_(pc.less_equal(lo, o), pc.less_equal(o, h)),
+        pc.and_(pc.less_equal(lo, c), pc.less_equal(c, h)),
+    )
+    refused.add(pc.invert(consistent))
+    vwap = _absent_nan(numbers["vwap"])
+    refused.add(pc.invert(_optional(vwap, strict=True)))
+    count = numbers["trade_count"]
+    whole = pc.and_(
+        pc.and_(_finite_over(count, 0.0, strict=False), pc.less(count, 2.0**63)),
+        pc.equal(pc.floor(count), count),
+    )  # a whole number >= 0 that fits the table's bigint
+    refused.add(pc.and_(pc.is_valid(count), pc.invert(pc.fill_null(whole, False))))
+    return {
+        "open": o,
+        "high": h,
+        "low": lo,
+        "close": c,
+        "volume": numbers["volume"],
+        "vwap": vwap,
+        "trade_count": pc.cast(pc.if_else(whole, count, _NULL_F), pa.int64(), safe=False),
+        "partial": pa.array([False] * len(o), pa.bool_()),  # a file's bars are as they are
+    }
+
+
+def _quote_numbers(numbers: dict[str, pa.Array], refused: _Refused) -> dict[str, pa.Array]:
+    """A quote's number columns (NaN = absent), refusing rows that break the ``Quote`` rules."""
+    out: dict[str, pa.Array] = {}
+    for field in ("bid", "ask", "last"):
+        out[field] = _absent_nan(numbers[field])
+        refused.add(pc.invert(_optional(out[field], strict=True)))
+    for field in ("bid_size", "ask_size", "last_size"):
+        out[field] = _absent_nan(numbers[field])
+        refused.add(pc.invert(_optional(out[field], strict=False)))
+    return out
 
 
 def _out_of_range(ts: pa.Array) -> pa.Array:

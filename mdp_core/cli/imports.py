@@ -137,7 +137,11 @@ def import_files(
         raise click.ClickException(
             f"the database failed: {type(exc).__name__}: {mask_secrets(str(exc))} ({_AGAIN})"
         ) from None
-    elapsed = time.perf_counter() - start
+    _report(stats, time.perf_counter() - start)
+
+
+def _report(stats: Any, elapsed: float) -> None:
+    """Print what an import did; exit ``EXIT_REFUSED_ROWS`` if any row was refused."""
     click.echo(
         f"{stats.files} files: {stats.rows:,} rows read, {stats.imported:,} imported "
         f"({stats.new:,} new), {stats.bad:,} bad, {stats.spooled:,} refused by the database "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from mdp_core.providers.base import ProviderError, ProviderSource, normalize_symbols
 
 if TYPE_CHECKING:
-    from mdp_core.providers.registry import ProviderRegistry
+    from mdp_core.providers.registry import ProviderRegistry, UnknownProviderError
     from mdp_core.providers.replay import ReplaySource
     from mdp_core.providers.synthetic import SyntheticSource
 
@@ -21,6 +21,7 @@ __all__ = [
     "ProviderSource",
     "ReplaySource",
     "SyntheticSource",
+    "UnknownProviderError",
     "normalize_symbols",
 ]
 
@@ -28,6 +29,7 @@ _LAZY = {
     "ProviderRegistry": "mdp_core.providers.registry",
     "ReplaySource": "mdp_core.providers.replay",
     "SyntheticSource": "mdp_core.providers.synthetic",
+    "UnknownProviderError": "mdp_core.providers.registry",
 }
 
 

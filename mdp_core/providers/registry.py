@@ -23,7 +23,7 @@ from typing import Any
 from mdp_core.logs import logger
 from mdp_core.providers.base import ProviderError, ProviderSource
 
-__all__ = ["ENTRY_POINT_GROUP", "ProviderFactory", "ProviderRegistry"]
+__all__ = ["ENTRY_POINT_GROUP", "ProviderFactory", "ProviderRegistry", "UnknownProviderError"]
 
 ENTRY_POINT_GROUP = "mdp.providers"
 
@@ -67,6 +67,15 @@ _BUILTINS: dict[str, ProviderFactory] = {
     "replay": _replay,
     "ibkr": _ibkr,
 }
+
+
+class UnknownProviderError(KeyError, ValueError):
+    """No provider has that name. Both a ``KeyError`` (a lookup that failed) and a
+    ``ValueError`` (a bad argument), so either ``except`` catches it; the message names the
+    known providers."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def _normalize_name(name: object) -> str:
@@ -119,7 +128,8 @@ class ProviderRegistry:
     def build(self, name: str, **kwargs: Any) -> ProviderSource:
         """Build provider ``name`` with ``kwargs`` (``symbols``, ``mode``, ...).
 
-        Raises ``ValueError`` for an unknown name (listing the known ones), ``TypeError``
+        Raises ``UnknownProviderError`` (a ``KeyError`` and a ``ValueError``) for an unknown
+        name, listing the known ones,, ``TypeError``
         naming the provider and the argument when an argument is not accepted or a required
         one is missing, ``ProviderError`` when the provider cannot be loaded; errors raised
         by the provider's own validation pass through unchanged.
@@ -170,7 +180,9 @@ class ProviderRegistry:
     def _load_entry_point(self, key: str) -> ProviderFactory:
         ep = self._discovered().get(key)
         if ep is None:
-            raise ValueError(f"unknown provider {key!r}: expected one of {', '.join(self.names())}")
+            raise UnknownProviderError(
+                f"unknown provider {key!r}: expected one of {', '.join(self.names())}"
+            )
         try:
             factory = ep.load()
         except Exception as exc:

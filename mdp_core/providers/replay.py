@@ -112,7 +112,19 @@ class ReplayStats:
     passes: int = 0  # complete passes over the file
 
 
-class ReplaySource(ProviderSource):
+def _check_options(path: Path, format: str, speed: float, bar_timestamp: str | None) -> None:
+    """Raise a ``ValueError`` (``FileNotFoundError``) naming a bad option of ``ReplaySource``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"replay file {str(path)!r} does not exist")
+    if format not in _FORMATS:
+        raise ValueError(f"format {format!r} is invalid: expected one of {', '.join(_FORMATS)}")
+    if not (0 <= speed < math.inf):
+        raise ValueError(f"speed {speed!r} is invalid: expected >= 0 (0 = as fast as possible)")
+    if bar_timestamp not in (None, "start", "end"):
+        raise ValueError(f"bar_timestamp {bar_timestamp!r} is invalid: expected 'start' or 'end'")
+
+
+class ReplaySource(ProviderSource[Record]):
     """Quotes or bars replayed from a file; see the module docstring for formats and options."""
 
     name = "replay"
@@ -135,16 +147,7 @@ class ReplaySource(ProviderSource):
     ) -> None:
         # ProviderSource.__init__ is not called: symbols, mode and resolution come from the file.
         self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise FileNotFoundError(f"replay file {str(self.path)!r} does not exist")
-        if format not in _FORMATS:
-            raise ValueError(f"format {format!r} is invalid: expected one of {', '.join(_FORMATS)}")
-        if not (0 <= speed < math.inf):
-            raise ValueError(f"speed {speed!r} is invalid: expected >= 0 (0 = as fast as possible)")
-        if bar_timestamp not in (None, "start", "end"):
-            raise ValueError(
-                f"bar_timestamp {bar_timestamp!r} is invalid: expected 'start' or 'end'"
-            )
+        _check_options(self.path, format, speed, bar_timestamp)
         self.speed = float(speed)
         self.loop = loop
         self.strict = strict
@@ -165,22 +168,7 @@ class ReplaySource(ProviderSource):
             raise ValueError(f"{self.path.name} holds {self.mode}, not {mode!r}")
 
         notes: list[str] = []
-        self.file_symbol: str | None = None
-        if "symbol" in columns:
-            notes.append(f"symbol from column {header[columns['symbol']]!r}")
-            if symbol:
-                notes.append(f"symbol argument {symbol!r} ignored: the file has a symbol column")
-        elif symbol:
-            self.file_symbol = normalize_symbols([symbol])[0]
-            notes.append(f"symbol {self.file_symbol} (from the symbol argument)")
-        else:
-            self.file_symbol = _symbol_from_name(self.path)
-            if self.file_symbol is None:
-                raise ValueError(
-                    f"{self.path.name} has no symbol column and its name has no all-capital "
-                    "word to take as the symbol: pass symbol='...'"
-                )
-            notes.append(f"symbol {self.file_symbol} (from the file name)")
+        self.file_symbol: str | None = self._find_symbol(symbol, columns, header, notes)
         if wanted:
             self.symbols = wanted
         else:
@@ -204,6 +192,28 @@ class ReplaySource(ProviderSource):
         self._parser = _RowParser(self, columns)
         self.description = f"{self.path.name}: {self.format} {self.mode}; " + "; ".join(notes)
         logger.info("replay {}", self.description)
+
+    def _find_symbol(
+        self, symbol: str | None, columns: dict[str, int], header: list[str], notes: list[str]
+    ) -> str | None:
+        """The file's one symbol (None: a symbol column), noting where it comes from."""
+        if "symbol" in columns:
+            notes.append(f"symbol from column {header[columns['symbol']]!r}")
+            if symbol:
+                notes.append(f"symbol argument {symbol!r} ignored: the file has a symbol column")
+            return None
+        if symbol:
+            given = normalize_symbols([symbol])[0]
+            notes.append(f"symbol {given} (from the symbol argument)")
+            return given
+        found = _symbol_from_name(self.path)
+        if found is None:
+            raise ValueError(
+                f"{self.path.name} has no symbol column and its name has no all-capital "
+                "word to take as the symbol: pass symbol='...'"
+            )
+        notes.append(f"symbol {found} (from the file name)")
+        return found
 
     # -- the file's layout and rows, for readers that take it in columns (mdp import) ----------
 

@@ -1,4 +1,4 @@
-"""The DESIGN.md section 2 snippets that need neither a database nor IBKR, run as written
+"""The documented public-API snippets that need neither a database nor IBKR, run as written
 (with the provider set to "synthetic" through MDP_PROVIDER where the snippet takes the
 default)."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +22,6 @@ from mdp_core import (
     resample_ohlc,
     throttle,
 )
-from mdp_core.models import Record
 from mdp_core.providers.ibkr import IBKRStreamSource
 
 START = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
@@ -101,8 +101,16 @@ async def test_operator_chain_snippet() -> None:
         )
 
 
-class MyProvider(ProviderSource):
-    """A user's provider: one quote per symbol."""
+@dataclass(frozen=True)
+class MyDataType:
+    """A user's own record type (not one of mdp's models)."""
+
+    symbol: str
+    price: float
+
+
+class MyProvider(ProviderSource[MyDataType]):  # ProviderSource is generic
+    """A user's provider: one record per symbol."""
 
     async def start(self) -> None:
         pass
@@ -110,9 +118,9 @@ class MyProvider(ProviderSource):
     async def stop(self) -> None:
         pass
 
-    async def stream(self) -> AsyncIterator[Record]:
+    async def stream(self) -> AsyncIterator[MyDataType]:
         for symbol in self.symbols:
-            yield Quote(symbol, START, bid=10.0, ask=10.5)
+            yield MyDataType(symbol, 10.25)
 
 
 async def test_registry_snippet() -> None:
@@ -122,7 +130,18 @@ async def test_registry_snippet() -> None:
 
     async with asyncio.timeout(30), RuntimeOrchestrator(registry=registry) as rt:
         ch = await rt.quotes_to_channel(symbols=["AAPL", "MSFT"], provider="my_provider")
-        assert [q.symbol async for q in ch.iter()] == ["AAPL", "MSFT"]
+        assert [r async for r in ch.iter()] == [
+            MyDataType("AAPL", 10.25),
+            MyDataType("MSFT", 10.25),
+        ]
+
+    with pytest.raises(KeyError) as as_key_error:
+        registry.build("nope", symbols=["X"])  # a KeyError and a ValueError
+    with pytest.raises(ValueError, match=r"unknown provider 'nope': expected one of .*my_provider"):
+        registry.build("nope", symbols=["X"])
+    assert str(as_key_error.value) == (
+        "unknown provider 'nope': expected one of ibkr, my_provider, replay, synthetic"
+    )
 
     def build_ibkr() -> ProviderSource:
         return registry.build(
