@@ -148,8 +148,8 @@ class SoakConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["faults"] = self.fault_counts()
-        data["json_path"] = str(self.json_path) if self.json_path else None
-        data["log_path"] = str(self.log_path) if self.log_path else None
+        data["json_path"] = _shown(self.json_path)
+        data["log_path"] = _shown(self.log_path)
         data["streams"] = [asdict(s) for s in self.stream_defs()]
         return data
 
@@ -278,6 +278,17 @@ async def _kill_leftovers(streams: list[InProcessStream | CliStream]) -> None:
     for s in streams:
         with contextlib.suppress(Exception):
             await s.abort()
+
+
+def _shown(path: Path | None) -> str | None:
+    """``path`` as written in the result: relative to the project when it is inside it, so a
+    committed result names no machine's directories."""
+    if path is None:
+        return None
+    try:
+        return str(path.resolve().relative_to(RESULTS_DIR.parent.parent))
+    except ValueError:
+        return str(path)
 
 
 def _keep_child_logs(workdir: Path, log_path: Path | None) -> None:

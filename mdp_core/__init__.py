@@ -1,7 +1,8 @@
 """mdp_core: stream market data (quotes, bars) from providers into PostgreSQL, losing nothing.
 
-The public API (DESIGN.md section 2) is importable from here; names are loaded on first use,
-so ``import mdp_core`` stays fast and needs neither asyncpg nor ib_async to be imported.
+The public API (see the README and docs/ARCHITECTURE.md) is importable from here; names are
+loaded on first use, so ``import mdp_core`` stays fast and needs neither asyncpg nor ib_async
+to be imported.
 """
 
 from __future__ import annotations

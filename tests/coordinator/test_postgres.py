@@ -239,7 +239,8 @@ async def test_t3_database_killed_mid_stream(own_server: EmbeddedServer, tmp_pat
 async def test_the_design_example_as_written(
     fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DESIGN.md section 2, verbatim in shape: runtime settings, default DLQ, real bars."""
+    """The documented coordinator snippet, verbatim in shape: runtime settings, default DLQ,
+    real bars."""
     from mdp_core import CoordinatorRuntimeSettings
     from mdp_core import RetryPolicy as PublicRetryPolicy
     from mdp_core import WriteCoordinator as PublicWriteCoordinator

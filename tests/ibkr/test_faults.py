@@ -1,5 +1,5 @@
-"""Reliability of IBKRStreamSource (reliability.md T12): a restarted gateway, IB's
-connectivity errors, silent data, duplicate client ids, refused connections, the backoff."""
+"""Reliability of IBKRStreamSource: a restarted gateway, IB's connectivity errors, silent
+data, duplicate client ids, refused connections, the backoff."""
 
 from __future__ import annotations
 

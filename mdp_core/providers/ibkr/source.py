@@ -16,7 +16,7 @@ What it does (the class docstring lists the knobs):
   quotes: the latest wins, counted) and under ``block`` (bars) the source stops reading
   its socket until the consumer made room, so TCP holds the gateway back and nothing is
   dropped; memory stays bounded by the channel plus one socket read;
-- survives what IB does in real life (reliability.md T12): a dropped socket (reconnect with
+- survives what IB does in real life: a dropped socket (reconnect with
   jittered exponential backoff, re-qualify, resubscribe, backfill missed bars from history),
   error 1101 (resubscribe on the same connection), 1102 after a lost link and a
   market-data farm blip 2103 -> 2104 (resubscribe bars, backfilling the gap), and silent
