@@ -19,104 +19,27 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 
+from mdp_core.accounting import PipelineState, PipelineStats
 from mdp_core.channel import Channel, ChannelStats
-from mdp_core.coordinator import CoordinatorStats, RetryPolicy, WriteCoordinator
+from mdp_core.coordinator import RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
 from mdp_core.logs import logger
+from mdp_core.metrics import CommitLatency, LatencySink, MetricsServer, StreamMetrics
 from mdp_core.models import Record, resolution_timedelta
 from mdp_core.operators import OperatorStats, deduplicate, throttle
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.runtime import RuntimeOrchestrator
+from mdp_core.sink import Sink
 from mdp_core.store.database import Database, DatabaseError, LockHeldError
 from mdp_core.streams import StreamSpec
 
-__all__ = ["STREAM_RETRY_POLICY", "Pipeline", "PipelineStats"]
-
-
-# -- running ----------------------------------------------------------------------------
-
-PipelineState = Literal["new", "running", "draining", "finished", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineStats:
-    """A snapshot of a running (or finished) pipeline, with its accounting from the edge:
-    ``received == committed + dead_lettered + sum(dropped.values())`` once drained."""
-
-    stream: str
-    run_id: str
-    state: PipelineState
-    started_at: datetime | None
-    elapsed: float
-    received: int  # records the provider handed over, counted at the edge
-    dropped: dict[str, int]  # received records that left by a named policy -> how many
-    channel: ChannelStats
-    coordinator: CoordinatorStats
-    rate: float  # records committed per second, recently
-    error: str | None
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
-
-    @property
-    def pending(self) -> int:
-        """Received records not yet committed, dead-lettered or dropped (in a buffer, in
-        flight, or unpersisted because the spool failed)."""
-        h = self.coordinator
-        return self.received - h.committed - h.dead_lettered - self.dropped_total
-
-    @property
-    def balanced(self) -> bool:
-        """True once drained: received == committed + dead-lettered + dropped, with
-        nothing left pending or unpersisted."""
-        return self.pending == 0 and self.coordinator.unpersisted == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Flat JSON-ready counters (heartbeats, Dagster metadata, the CLI summary)."""
-        h = self.coordinator
-        return {
-            "state": self.state,
-            "elapsed_s": round(self.elapsed, 3),
-            "received": self.received,
-            "committed": h.committed,
-            "new_rows": h.new_rows,
-            "dead_lettered": h.dead_lettered,
-            "dropped": dict(sorted(self.dropped.items())),
-            "dropped_total": self.dropped_total,
-            "pending": self.pending,
-            "unpersisted": h.unpersisted,
-            "balanced": self.balanced,
-            "submitted": h.submitted,
-            "channel_depth": self.channel.depth,
-            "queue_depth": h.queue_depth,
-            "in_flight": h.in_flight,
-            "retries": h.retries,
-            "circuit": h.circuit,
-            "rate": round(self.rate, 1),
-            "error": self.error,
-        }
-
-    def summary(self) -> str:
-        """One line: the accounting, and whether it balances."""
-        drops = ", ".join(f"{k} {v:,}" for k, v in sorted(self.dropped.items()) if v)
-        h = self.coordinator
-        tail = "balanced" if self.balanced else f"NOT BALANCED: {self.pending:,} pending"
-        if h.unpersisted:
-            tail += f", {h.unpersisted:,} could not be spooled"
-        return (
-            f"received {self.received:,} = committed {h.committed:,} + dead-lettered "
-            f"{h.dead_lettered:,} + dropped {self.dropped_total:,}"
-            + (f" ({drops})" if drops else "")
-            + f" [{tail}]"
-        )
+__all__ = ["STREAM_RETRY_POLICY", "Pipeline", "PipelineState", "PipelineStats"]
 
 
 ProgressCallback = Callable[[PipelineStats], Awaitable[None] | None]
@@ -183,6 +106,7 @@ class Pipeline:
         self.on_progress = on_progress
         self.progress_interval = progress_interval
         self.lock_check_interval = lock_check_interval
+        self._latency = CommitLatency() if spec.metrics_port is not None else None
         self._lock_key = f"mdp:stream:{spec.name}"
         self._locks: list[AbstractAsyncContextManager[asyncpg.Connection]] = []
         self._lock_conn: asyncpg.Connection | None = None
@@ -198,6 +122,7 @@ class Pipeline:
         self._dedupe_stats = OperatorStats()
         self._draining = asyncio.Event()  # set when the drain starts: throttles stop delaying
         self._final: PipelineStats | None = None
+        self.metrics: MetricsServer | None = None  # serving while run() runs (metrics_port)
 
     def request_stop(self) -> None:
         """Ask the pipeline to stop and drain (idempotent; call from the loop's thread)."""
@@ -213,6 +138,7 @@ class Pipeline:
         background: list[asyncio.Task[None]] = []
         cancelled = False  # run() was cancelled while streaming: drained, then re-raised
         try:
+            await self._serve_metrics()
             if self.single_writer:
                 await self._acquire_lock()
             async with AsyncExitStack() as stack:
@@ -269,6 +195,8 @@ class Pipeline:
             await self._heartbeat()
             await self._progress()
             self._log_summary(self._final)
+            if self.metrics is not None:
+                await self.metrics.close()
         if self._error is not None:
             raise self._error
         return self._final
@@ -377,9 +305,11 @@ class Pipeline:
     def _new_coordinator(self) -> WriteCoordinator[Record]:
         from mdp_core.store.sinks import BarsSink, QuotesSink
 
-        sink = BarsSink(self.db) if self.spec.mode == "bars" else QuotesSink(self.db)
+        sink: Sink[Any] = BarsSink(self.db) if self.spec.mode == "bars" else QuotesSink(self.db)
+        if self._latency is not None:
+            sink = LatencySink(sink, self._latency)
         return WriteCoordinator(
-            sink,  # type: ignore[arg-type]
+            sink,
             self.spec.coordinator.to_settings(),
             self.retry_policy,
             self.dlq,
@@ -438,6 +368,28 @@ class Pipeline:
             pass
 
     # -- observing -------------------------------------------------------------------------
+
+    async def _serve_metrics(self) -> None:
+        """Serve Prometheus metrics when the spec asks for them (closed at the end of run)."""
+        spec = self.spec
+        if spec.metrics_port is None or self._latency is None:
+            return
+        metrics = StreamMetrics(self, self._latency, self.dlq)
+        server = MetricsServer(metrics.render, spec.metrics_host, spec.metrics_port)
+        await server.start()
+        self.metrics = server
+
+    def provider_counters(self) -> dict[str, int]:
+        """The providers' own integer counters (IBKR: reconnects, resubscribes, ...), summed."""
+        totals: Counter[str] = Counter()
+        for provider in self._runtime.providers() if self._runtime is not None else []:
+            counters = getattr(provider, "stats", None)
+            values = counters() if callable(counters) else None
+            if isinstance(values, dict):
+                totals.update(
+                    {k: v for k, v in values.items() if type(v) is int and isinstance(k, str)}
+                )
+        return dict(totals)
 
     def stats(self) -> PipelineStats:
         """The current counters (safe to call at any time after ``run`` started)."""

@@ -294,6 +294,10 @@ class RuntimeOrchestrator:
 
     # -- observing -----------------------------------------------------------------------------
 
+    def providers(self) -> list[ProviderSource[Any]]:
+        """The providers of the streams opened so far."""
+        return [s.provider for s in self._streams]
+
     def stats(self) -> dict[str, StreamStats]:
         """Per stream (by name): provider, state, records received at the edge, what left
         there by policy, and the channel's counters."""

@@ -66,6 +66,10 @@ class StreamSpec(BaseModel):
     throttle: float | None = Field(None, gt=0, description="max items/s (token bucket)")
     dedupe_ttl: float | None = Field(None, gt=0, description="drop repeats within seconds")
     coordinator: CoordinatorTuning = Field(default_factory=CoordinatorTuning)
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics on this port (0: any free)"
+    )
+    metrics_host: str = Field("127.0.0.1", min_length=1, description="address of the metrics")
     enabled: bool = True
 
     @field_validator("symbols", mode="before")
@@ -133,6 +137,8 @@ def load_streams(path: str | Path) -> list[StreamSpec]:
             )
             raise StreamsConfigError(f"{path}: {label}: {problems}") from None
     _check_unique(path, specs, "name", lambda s: s.name)
+    exported = [s for s in specs if s.metrics_port]  # port 0 (any free one) may repeat
+    _check_unique(path, exported, "metrics_port", lambda s: (s.metrics_host, s.metrics_port))
     ibkr = [s for s in specs if s.provider == "ibkr" and s.client_id is not None]
     _check_unique(path, ibkr, "client_id", lambda s: s.client_id)
     return specs

@@ -79,6 +79,17 @@ def _status_line(stats: PipelineStats) -> str:
     default=None,
     help="write the final counters as JSON to this file",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="serve Prometheus metrics on this port (0: any free one; the log says which)",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="address the metrics are served on (default 127.0.0.1: this machine only)",
+)
 @click.option("--quiet", is_flag=True, help="no live status line")
 def stream(
     provider: str | None,
@@ -97,6 +108,8 @@ def stream(
     config: Path | None,
     dsn: str | None,
     summary_json: Path | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     quiet: bool,
 ) -> None:
     """Stream market data into PostgreSQL until Ctrl-C / SIGTERM / --seconds, then drain.
@@ -107,6 +120,7 @@ def stream(
       mdp stream --provider replay --mode bars --resolution 1h \\
                  --option path=data/SPY_1min_2011-01.csv --symbols SPY
       mdp stream --config streams.yaml --name ibkr_bars
+      mdp stream --provider synthetic --symbols AAPL --metrics-port 9108
 
     \b
     Exit status: 0 when every record received was committed, dead-lettered or dropped by a
@@ -119,8 +133,13 @@ def stream(
     try:
         spec = _spec(provider, mode, symbols, resolution, options, throttle, dedupe_ttl,
                      workers, batch_size, name, config, get_settings().provider)  # fmt: skip
-        channel = {"channel_capacity": channel_capacity, "channel_overflow": channel_overflow}
-        spec = spec.model_copy(update={k: v for k, v in channel.items() if v is not None})
+        overrides = {
+            "channel_capacity": channel_capacity,
+            "channel_overflow": channel_overflow,
+            "metrics_port": metrics_port,
+            "metrics_host": metrics_host,
+        }
+        spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         type(spec).model_validate(spec.model_dump())  # the copy is checked like the original
     except (ValueError, StreamsConfigError) as exc:
         raise click.UsageError(str(exc)) from None
