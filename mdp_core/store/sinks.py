@@ -35,14 +35,14 @@ from mdp_core.store.database import STAGE_TABLES
 if TYPE_CHECKING:
     from mdp_core.store.database import Database
 
-__all__ = ["BarsSink", "QuotesSink", "Sink"]
+__all__ = ["BarsSink", "QuotesSink", "TableSink"]
 
 R = TypeVar("R", Quote, Bar)
 
 _ts = attrgetter("ts")
 
 
-class Sink(Generic[R]):
+class TableSink(Generic[R]):
     """Writes batches of one record type to one partitioned table (see the module's
     guarantees). Use as ``async with QuotesSink(db) as sink: await sink.write(batch)``."""
 
@@ -185,8 +185,8 @@ _BARS_REPLACE_PARTIAL = (
 )
 
 
-class QuotesSink(Sink[Quote]):
-    """Writes ``Quote`` batches to ``mdp.quotes`` (key ``(symbol, ts)``); see ``Sink``."""
+class QuotesSink(TableSink[Quote]):
+    """Writes ``Quote`` batches to ``mdp.quotes`` (key ``(symbol, ts)``); see ``TableSink``."""
 
     kind = "quote"
     table = "quotes"
@@ -196,9 +196,9 @@ class QuotesSink(Sink[Quote]):
     _insert_sql = _QUOTES_INSERT
 
 
-class BarsSink(Sink[Bar]):
+class BarsSink(TableSink[Bar]):
     """Writes ``Bar`` batches to ``mdp.bars`` (key ``(symbol, resolution, ts)``); see
-    ``Sink``."""
+    ``TableSink``."""
 
     kind = "bar"
     table = "bars"
