@@ -43,7 +43,7 @@ async def pipeline(ex: Example) -> None:
             async for batch in quotes.iter_batches(2_000, max_wait=0.1):
                 await coord.submit_many(batch)
             await coord.drain()
-    health, channel = coord.stats(), quotes.stats
+    health, channel = coord.stats(), quotes.stats()
     print(f"channel: {channel.accepted:,} quotes in, {channel.conflated:,} conflated (replaced)")
     ex.summary(health.committed, health.dead_lettered, health.dropped + channel.conflated)
 
