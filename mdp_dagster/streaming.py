@@ -434,6 +434,12 @@ def _terminate(
             instance.report_run_failed(run, reason)
 
 
+def _launched_from(record: Any, location: str | None) -> bool:
+    """Whether the run was launched from code location ``location`` (any, when ``None``)."""
+    origin = record.dagster_run.remote_job_origin
+    return location is None or origin is None or origin.location_name == location
+
+
 def supervise(
     instance: dg.DagsterInstance,
     specs: list[StreamSpec],
@@ -442,15 +448,23 @@ def supervise(
     *,
     now: float | None = None,
     policy: SupervisorPolicy | None = None,
+    location: str | None = None,
 ) -> tuple[list[dg.RunRequest], list[Decision]]:
     """One supervisor pass: terminate stale runs and runs of streams no longer enabled,
-    and return the run requests for streams that need a run (and every decision)."""
+    and return the run requests for streams that need a run (and every decision).
+
+    With ``location`` only the runs launched from that code location are looked at: each
+    stream shard's code location supervises its own streams and leaves the others' alone."""
     policy = policy or SupervisorPolicy()
     now = time.time() if now is None else now
     enabled = {s.name: s for s in specs if s.enabled}
-    active = instance.get_run_records(
-        filters=dg.RunsFilter(job_name=stream_job.name, statuses=ACTIVE_STATUSES)
-    )
+    active = [
+        record
+        for record in instance.get_run_records(
+            filters=dg.RunsFilter(job_name=stream_job.name, statuses=ACTIVE_STATUSES)
+        )
+        if _launched_from(record, location)
+    ]
     by_stream: dict[str, list[RunView]] = {}
     for record in active:
         name = record.dagster_run.tags.get(STREAM_TAG)
@@ -476,7 +490,7 @@ def supervise(
                 filters=dg.RunsFilter(job_name=stream_job.name, tags={STREAM_TAG: name}),
                 limit=policy.history,
             )
-            runs = [_view(r) for r in records]
+            runs = [_view(r) for r in records if _launched_from(r, location)]
         decision = decide(name, runs, heartbeats, now, policy)
         decisions.append(decision)
         for run_id in decision.terminate:
@@ -497,7 +511,9 @@ def supervise(
 )
 def stream_supervisor(context: dg.SensorEvaluationContext, store: StoreResource) -> dg.SensorResult:
     specs = load_stream_specs()  # a malformed file fails the tick with the entry and field
-    requests, decisions = supervise(context.instance, specs, store, context.log)
+    origin = context.code_location_origin  # None when evaluated in-process (tests)
+    location = origin.location_name if origin is not None else None
+    requests, decisions = supervise(context.instance, specs, store, context.log, location=location)
     if requests:
         return dg.SensorResult(run_requests=requests)
     summary = "; ".join(f"{d.stream}: {d.reason}" for d in decisions) or "no enabled streams"

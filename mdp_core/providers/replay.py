@@ -13,7 +13,7 @@ convention assumed for each; the one used is logged when the source is built:
   Times are ISO 8601 (an offset is honoured, a naive time is taken as UTC) or epoch
   seconds/ms/us/ns. Bars are taken as stamped with their START (the model's convention;
   the AAPL/GOOGL upstream does not say): pass ``bar_timestamp="end"`` otherwise.
-- ``"parquet"``: the same columns as ``"csv"`` (needs ``pyarrow``: ``pip install 'mdp[parquet]'``).
+- ``"parquet"``: the same columns as ``"csv"`` (read with ``pyarrow``).
 - ``"json"``: ``{"results": [...]}`` or a list of objects, e.g. polygon.io quotes
   (``bid_price, bid_size, ask_price, ask_size, sip_timestamp`` in ns since the epoch, UTC,
   truncated to microseconds). The file is read whole and replayed in time order (polygon
@@ -765,6 +765,6 @@ def _parquet(path: Path) -> Any:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ProviderError(
-            f"reading {path.name} needs pyarrow: pip install 'mdp[parquet]' ({exc})"
+            f"reading {path.name} needs pyarrow, a dependency of mdp: reinstall mdp ({exc})"
         ) from exc
     return pq.ParquetFile(path)
