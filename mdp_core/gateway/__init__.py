@@ -10,6 +10,21 @@ clock, so tests know exactly which ticks and 5-second bars exist for any period.
         ...  # connect ib_async to 127.0.0.1:gw.port
 
 The command line is ``mdp gateway`` (see ``mdp gateway --help``).
+
+Modules, from the socket inwards:
+
+- ``server``: ``SimulatedGateway``: the listening socket, the sessions, the fault API;
+- ``control``: the text commands of ``SimulatedGateway.control`` and ``mdp gateway``;
+- ``pump``: the task that streams what became due to every session;
+- ``session``: one connection: handshake, read loop, startApi, request dispatch;
+- ``handlers``: the answer to each request, by concern (account, contracts, market data,
+  historical data), and the table of which message id goes where;
+- ``client``: one client's subscriptions and what each pump owes them;
+- ``state``: ``GatewayState``, what all sessions share (instruments, clock, limits, fault
+  switches, records, counters); ``records``: the records kept for assertions;
+- ``protocol`` (message ids, request layouts, reply builders), ``codec`` (framing),
+  ``history`` (historical request values), ``instruments`` (contracts);
+- ``market`` (``SimClock``, ``MarketModel``, ``ReplayModel``) and ``random_walk``: the data.
 """
 
 from __future__ import annotations

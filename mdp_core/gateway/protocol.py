@@ -29,6 +29,7 @@ __all__ = [
     "error_msg",
     "error_text",
     "historical_update",
+    "parse_req_id",
     "realtime_bar",
     "tick_frames",
 ]
@@ -172,6 +173,17 @@ def error_msg(req_id: int, code: int, text: str | None = None) -> bytes:
 
 class MalformedRequest(ValueError):
     """A request whose fields do not parse (wrong count or type)."""
+
+
+def parse_req_id(fields: list[str], index: int) -> int:
+    """The integer field ``fields[index]`` (a reqId, or a client id or market data type in
+    the same place); ``MalformedRequest`` naming the field if it is missing or not an int."""
+    try:
+        return int(fields[index])
+    except (IndexError, ValueError):
+        raise MalformedRequest(
+            f"msg {fields[0]}: field {index} (reqId) missing or not an integer in {fields!r}"
+        ) from None
 
 
 class _Reader:

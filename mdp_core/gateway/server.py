@@ -6,7 +6,12 @@ historical bars (with keepUpToDate), all from deterministic market models
 (``mdp_core.gateway.market``) on a simulated clock. It records requests and what it sent,
 counts everything per symbol, and injects faults: dropped sockets, restarts with a refused
 window, connectivity errors (1100/1101/1102), farm notices, paused data, pacing
-violations, stalls and ignored requests. Per-connection work lives in ``session``.
+violations, stalls and ignored requests.
+
+The server owns the listening socket, the sessions, the data pump and the fault API; what
+the sessions share (instruments, clock, limits, switches, records, counters) is its
+``GatewayState`` (``state``). Per-connection work lives in ``session``, request handlers in
+``handlers``, the streaming in ``client`` and ``pump``, the text commands in ``control``.
 
 Usage::
 
@@ -20,28 +25,25 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 from mdp_core.gateway.codec import MAX_FRAME_BYTES
-from mdp_core.gateway.instruments import Instrument, con_id_for, model_params
-from mdp_core.gateway.market import (
-    MarketModel,
-    ReplayModel,
-    SimBar,
-    SimClock,
-    SimTick,
-)
-from mdp_core.gateway.protocol import ERROR_TEXTS, MAX_SERVER_VERSION, ContractSpec, error_msg
+from mdp_core.gateway.control import CONTROL_HELP, run_command
+from mdp_core.gateway.instruments import Instrument, model_params
+from mdp_core.gateway.market import MarketModel, ReplayModel, SimBar, SimClock, SimTick
+from mdp_core.gateway.protocol import ERROR_TEXTS, MAX_SERVER_VERSION, error_msg
+from mdp_core.gateway.pump import Pump
 from mdp_core.gateway.random_walk import RandomWalkModel
-from mdp_core.gateway.session import RecordedRequest, SentBar, SentTick, Session, SessionInfo
-from mdp_core.instruments import canonical_id, parse_instrument
+from mdp_core.gateway.records import RecordedRequest, SentBar, SentTick, SessionInfo
+from mdp_core.gateway.session import Session
+from mdp_core.gateway.state import GatewayState
+from mdp_core.instruments import parse_instrument
 from mdp_core.logs import logger
 from mdp_core.providers.base import normalize_symbols
 from mdp_core.providers.ibkr.pacing import PacingLedger, PacingRules
@@ -55,18 +57,28 @@ __all__ = [
     "SimulatedGateway",
 ]
 
-#: Control commands understood by ``SimulatedGateway.control`` (and ``mdp gateway`` on stdin).
-CONTROL_HELP = """\
-  status                 sessions, subscriptions and counters
-  drop                   close every client socket (drop_all)
-  restart SECONDS        stop listening, refuse connections for SECONDS, listen again
-  error CODE [TEXT]      send error CODE to every client (1100 1101 1102 2103 2104 2105 2106 ...)
-  lost                   connectivity lost: error 1100 and data paused (socket stays up)
-  restored [kept|lost]   1102 data kept (default) or 1101 data lost (subscriptions dropped)
-  pause / resume         stop / restart data on open sockets, no error sent
-  pacing                 send error 100 (max message rate exceeded) to every client
-  stall / unstall        stop answering requests and sending data / go on
-  help                   this list"""
+
+T = TypeVar("T")
+
+
+class _Shared(Generic[T]):
+    """An attribute of ``SimulatedGateway`` kept in its ``state`` under the same name, read
+    and written through, so the Python API keeps the names it always had."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, gw: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, gw: SimulatedGateway, owner: type) -> T: ...
+    def __get__(self, gw: SimulatedGateway | None, owner: type) -> Self | T:
+        if gw is None:
+            return self
+        return cast(T, getattr(gw.state, self.name))
+
+    def __set__(self, gw: SimulatedGateway, value: T) -> None:
+        setattr(gw.state, self.name, value)
 
 
 class SimulatedGateway:
@@ -108,7 +120,9 @@ class SimulatedGateway:
     ``restart(downtime)``, ``stop_listening()``/``start_listening()``,
     ``broadcast_error(code, msg)``, ``pause_data(flag)``, ``connectivity_lost()``,
     ``connectivity_restored(data_lost)``, ``pacing_violation()``, ``stall(flag)``,
-    ``ignored_requests``; ``control(command)`` for the text commands of ``mdp gateway``.
+    ``ignored_requests``; ``control(command)`` for the text commands of ``mdp gateway``;
+    ``state``, the ``GatewayState`` its sessions share (the attributes above that hold
+    configuration, records and switches are its attributes, read and written through).
     """
 
     def __init__(
@@ -139,36 +153,35 @@ class SimulatedGateway:
         self.host = host
         self.port = port
         self.seed = seed
-        self.clock = SimClock(start, time_compression, clock)
-        self.accounts = [a for a in accounts if a]
-        if not self.accounts:
-            raise ValueError(
-                "accounts is empty: expected at least one account (ib_async needs one)"
-            )
-        if max_lines < 1:
-            raise ValueError(f"invalid max_lines {max_lines!r}: expected >= 1")
-        if not tick_interval > 0:
-            raise ValueError(f"invalid tick_interval {tick_interval!r}: expected seconds > 0")
-        self.max_lines = max_lines
-        self.tick_interval = tick_interval
-        self.pacing_limit = pacing_limit
-        self.max_frame_bytes = max_frame_bytes
-        self.max_write_buffer = max_write_buffer
-        self.max_history_bars = max_history_bars
-        self.history_pacing: PacingLedger | None = (
-            PacingLedger(history_pacing.scaled(history_pacing_scale))
-            if history_pacing is not None
-            else None
+        self.state = GatewayState(
+            SimClock(start, time_compression, clock),
+            real_clock=clock,
+            accounts=accounts,
+            max_lines=max_lines,
+            pacing_limit=pacing_limit,
+            max_frame_bytes=max_frame_bytes,
+            max_write_buffer=max_write_buffer,
+            max_history_bars=max_history_bars,
+            log_size=log_size,
         )
-        self._real_clock = clock
-        self.ignored_requests: set[int] = set()
-        self.requests: deque[RecordedRequest] = deque(maxlen=log_size)
-        self.sent_ticks: deque[SentTick] = deque(maxlen=log_size)
-        self.sent_bars: deque[SentBar] = deque(maxlen=log_size)
-        self.data_paused = False
+        self._sessions: set[Session] = set()  # each with its task, from connect to its end
+        self._pump = Pump(self.state, self._sessions, tick_interval)
+        if history_pacing is not None:
+            self.state.history_pacing = PacingLedger(history_pacing.scaled(history_pacing_scale))
+        self._add_models(symbols, replay, delayed_symbols, seed, volatility, trades_per_bar)
+        self._server: asyncio.Server | None = None
+        self._listening_changed: asyncio.Condition | None = None
 
-        self._instruments: dict[str, Instrument] = {}
-        self._symbol_stats: dict[str, Counter[str]] = {}
+    def _add_models(
+        self,
+        symbols: str | Iterable[str],
+        replay: Mapping[str, str | Path] | Iterable[str | Path],
+        delayed_symbols: Iterable[str],
+        seed: int,
+        volatility: float,
+        trades_per_bar: tuple[int, int],
+    ) -> None:
+        """A random walk per symbol and a replay per file; ValueError if there is none."""
         delayed = set(normalize_symbols(delayed_symbols)) if delayed_symbols else set()
         for symbol in normalize_symbols(symbols) if symbols else []:
             params = model_params(parse_instrument(symbol))
@@ -185,54 +198,58 @@ class SimulatedGateway:
                 trades_per_bar=trades_per_bar,
             )  # fmt: skip
             self.add_instrument(replay_model, live=replay_model.symbol not in delayed)
-        if not self._instruments:
+        if not self.state.instruments:
             raise ValueError("no symbols: expected symbols and/or replay files")
 
-        self._sessions: set[Session] = set()  # each with its task, from connect to its end
-        self._server: asyncio.Server | None = None
-        self._pump_task: asyncio.Task[None] | None = None
-        self._unstalled = asyncio.Event()
-        self._unstalled.set()
-        self._listening_changed: asyncio.Condition | None = None
-        self._counters: Counter[str] = Counter()
-        self._pumps = 0
-        self._pump_waiters: list[tuple[int, asyncio.Future[None]]] = []
+    # ---- the shared state under the attribute names of the Python API --------------------
 
-    # ---- configuration -------------------------------------------------------------------
+    clock = _Shared[SimClock]()
+    accounts = _Shared[list[str]]()
+    max_lines = _Shared[int]()
+    pacing_limit = _Shared[int | None]()
+    max_frame_bytes = _Shared[int]()
+    max_write_buffer = _Shared[int]()
+    max_history_bars = _Shared[int]()
+    history_pacing = _Shared[PacingLedger | None]()
+    requests = _Shared[deque[RecordedRequest]]()
+    sent_ticks = _Shared[deque[SentTick]]()
+    sent_bars = _Shared[deque[SentBar]]()
+    ignored_requests = _Shared[set[int]]()  # msg ids recorded but not answered (a fault)
+    data_paused = _Shared[bool]()  # see pause_data()
+
+    @property
+    def tick_interval(self) -> float:
+        return self._pump.tick_interval
+
+    @tick_interval.setter
+    def tick_interval(self, seconds: float) -> None:
+        self._pump.tick_interval = seconds
+
+    # ---- instruments and time ------------------------------------------------------------
 
     def add_instrument(self, model: MarketModel, live: bool = True) -> Instrument:
         """Serve ``model.symbol`` from ``model`` (replacing an existing one of that symbol)."""
-        con_id = con_id_for(model.symbol)
-        clash = [
-            i for i in self._instruments.values() if i.con_id == con_id and i.symbol != model.symbol
-        ]
-        if clash:
-            raise ValueError(f"conId {con_id} of {model.symbol} clashes with {clash[0].symbol}")
-        inst = Instrument(model.symbol, con_id, model, live)
-        self._instruments[model.symbol] = inst
-        self._symbol_stats.setdefault(model.symbol, Counter())
-        return inst
+        return self.state.add_instrument(model, live)
 
     @property
     def symbols(self) -> list[str]:
-        return list(self._instruments)
+        return self.state.symbols
 
     def instrument(self, symbol: str) -> Instrument:
         """The instrument of ``symbol`` (an instrument id, any spelling); KeyError naming the
         known ones otherwise."""
-        try:
-            return self._instruments[canonical_id(symbol)]
-        except (KeyError, ValueError):
-            raise KeyError(
-                f"unknown symbol {symbol!r}: the gateway serves {self.symbols}"
-            ) from None
+        return self.state.instrument(symbol)
 
     def model(self, symbol: str) -> MarketModel:
         return self.instrument(symbol).model
 
     def now(self) -> float:
         """Current simulated time, epoch seconds."""
-        return self.clock.now()
+        return self.state.now()
+
+    def real_time(self) -> float:
+        """The real monotonic clock (pacing is in real time, not simulated time)."""
+        return self.state.real_time()
 
     def bars_between(
         self,
@@ -251,18 +268,6 @@ class SimulatedGateway:
         """Every tick of ``symbol`` with time in ``[start, end)``."""
         return self.model(symbol).ticks_between(start, end)
 
-    def _matching(self, spec: ContractSpec) -> list[Instrument]:
-        """Every instrument a request's contract designates (more than one: ambiguous)."""
-        return [i for i in self._instruments.values() if i.matches(spec)]
-
-    def _resolve(self, spec: ContractSpec) -> Instrument | None:
-        found = self._matching(spec)
-        return found[0] if len(found) == 1 else None
-
-    def real_time(self) -> float:
-        """The real monotonic clock (pacing is in real time, not simulated time)."""
-        return self._real_clock()
-
     # ---- lifecycle -----------------------------------------------------------------------
 
     @property
@@ -272,8 +277,7 @@ class SimulatedGateway:
     async def start(self) -> None:
         """Listen and start streaming. ``port`` holds the bound port afterwards."""
         await self.start_listening()
-        if self._pump_task is None:
-            self._pump_task = asyncio.create_task(self._pump_loop(), name="gateway-pump")
+        self._pump.start()
         logger.info(
             f"gateway: simulated IB Gateway on {self.host}:{self.port}, symbols {self.symbols}, "
             f"server version {MAX_SERVER_VERSION}, time compression {self.clock.time_compression}"
@@ -282,13 +286,7 @@ class SimulatedGateway:
     async def stop(self) -> None:
         """Close every session and stop listening and streaming (idempotent)."""
         await self.stop_listening()
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            try:
-                await self._pump_task
-            except asyncio.CancelledError:
-                pass
-            self._pump_task = None
+        await self._pump.stop()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -340,12 +338,12 @@ class SimulatedGateway:
             cond.notify_all()
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = Session(self, reader, writer)
+        session = Session(self.state, reader, writer)
         task = asyncio.current_task()
         assert task is not None
         session.task = task
         self._sessions.add(session)
-        self._count("connections")
+        self.state.count("connections")
         try:
             await session.run()
         except asyncio.CancelledError:
@@ -356,60 +354,12 @@ class SimulatedGateway:
             session.close()
             self._sessions.discard(session)
 
-    def _client_id_in_use(self, client_id: int, asking: Session) -> bool:
-        return any(
-            s is not asking and s.started and not s.closed and s.client_id == client_id
-            for s in self._sessions
-        )
-
-    async def _wait_unstalled(self) -> None:
-        await self._unstalled.wait()
-
-    async def _pump_loop(self) -> None:
-        # Each pump covers at most `span` simulated seconds, so a gateway that cannot keep up
-        # lags behind (and says so) instead of doing ever larger pumps.
-        span = max(5.0, 4 * self.tick_interval * self.clock.time_compression)
-        pumped_until = self.clock.now()
-        warned_at = -math.inf
-        while True:
-            await asyncio.sleep(self.tick_interval)
-            target = self.clock.now()
-            now = min(target, pumped_until + span)
-            pumped_until = now
-            if target - now > span and time.monotonic() - warned_at > 10:
-                warned_at = time.monotonic()
-                self._count("lagging_pumps")
-                logger.warning(
-                    f"gateway: cannot keep up; data lags {target - now:.0f} simulated seconds"
-                )
-            skip = self.data_paused or not self._unstalled.is_set()
-            for session in list(self._sessions):
-                try:
-                    session.pump(now, skip)
-                except Exception:
-                    logger.exception(f"gateway: streaming to {session} failed; closing it")
-                    session.abort()
-            self._pumps += 1
-            waiting = []
-            for target, future in self._pump_waiters:
-                if target <= self._pumps:
-                    if not future.done():
-                        future.set_result(None)
-                else:
-                    waiting.append((target, future))
-            self._pump_waiters = waiting
-
     async def wait_pumps(self, n: int = 1) -> None:
         """Wait until the data pump has run ``n`` more times; each run writes everything due
         up to that moment (or skips it while data is paused). Needs a started gateway."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pump_waiters.append((self._pumps + n, future))
-        await future
+        await self._pump.wait(n)
 
     # ---- introspection -------------------------------------------------------------------
-
-    def _count(self, name: str, n: int = 1) -> None:
-        self._counters[name] += n
 
     def sessions(self) -> list[SessionInfo]:
         """The sessions that completed startApi."""
@@ -426,17 +376,17 @@ class SimulatedGateway:
         """Counters: per symbol ``ticks`` (tick bursts), ``tick_messages``, ``bars`` (real-time),
         ``history_bars``, ``history_updates``; their ``totals``; and gateway events
         (connections, sessions, faults, ``error_<code>`` sent in replies)."""
-        per_symbol = {s: dict(c) for s, c in self._symbol_stats.items()}
+        per_symbol = {s: dict(c) for s, c in self.state.symbol_stats.items()}
         totals: Counter[str] = Counter()
-        for c in self._symbol_stats.values():
+        for c in self.state.symbol_stats.values():
             totals.update(c)
         return {
             "sim_time": self.now(),
             "listening": self.listening,
             "sessions": len(self.sessions()),
             "data_paused": self.data_paused,
-            "stalled": not self._unstalled.is_set(),
-            "events": dict(self._counters),
+            "stalled": self.state.stalled,
+            "events": dict(self.state.counters),
             "totals": dict(totals),
             "symbols": per_symbol,
         }
@@ -448,7 +398,7 @@ class SimulatedGateway:
         live = [s for s in self._sessions if not s.closed]
         if live:
             logger.warning(f"gateway: fault: dropping {len(live)} client connection(s)")
-        self._count("drops", len(live))
+        self.state.count("drops", len(live))
         return self._abort_sessions()
 
     def _abort_sessions(self) -> int:
@@ -463,7 +413,7 @@ class SimulatedGateway:
         """Simulate a gateway restart: drop sessions, refuse connections for ``downtime``
         real seconds, then listen again on the same port. Simulated time keeps running."""
         logger.warning(f"gateway: fault: restarting, down for {downtime}s")
-        self._count("restarts")
+        self.state.count("restarts")
         await self.stop_listening()
         await asyncio.sleep(downtime)
         await self.start_listening()
@@ -477,15 +427,15 @@ class SimulatedGateway:
         for session in list(self._sessions):
             if session.started and session.write([error_msg(req_id, code, text)]):
                 sent += 1
-        self._count(f"broadcast_{code}")
+        self.state.count(f"broadcast_{code}")
         return sent
 
     def pause_data(self, paused: bool = True) -> None:
         """Stop (True) or restart (False) all data on open sockets; nothing is sent for the
         paused period, like a lost IB link (1100)."""
-        if paused != self.data_paused:
+        if paused != self.state.data_paused:
             logger.warning(f"gateway: fault: data {'paused' if paused else 'resumed'}")
-        self.data_paused = paused
+        self.state.data_paused = paused
 
     def connectivity_lost(self) -> None:
         """Error 1100 to every client and data paused; sockets stay up."""
@@ -509,67 +459,12 @@ class SimulatedGateway:
         """Stop (True) answering requests and sending data while keeping sockets open."""
         logger.warning(f"gateway: fault: {'stalled' if stalled else 'unstalled'}")
         if stalled:
-            self._unstalled.clear()
+            self.state.unstalled.clear()
         else:
-            self._unstalled.set()
+            self.state.unstalled.set()
 
     async def control(self, command: str) -> str:
         """Run one text command (see ``CONTROL_HELP``); returns a line to show the user.
 
         Raises ``ValueError`` naming the command and the expected forms if it is invalid."""
-        words = command.split()
-        if not words:
-            return ""
-        name, args = words[0].lower(), words[1:]
-        try:
-            if name == "help":
-                return CONTROL_HELP
-            if name == "status":
-                return self._status_text()
-            if name == "drop":
-                return f"dropped {self.drop_all()} connection(s)"
-            if name == "restart":
-                downtime = float(args[0]) if args else 5.0
-                await self.restart(downtime)
-                return f"restarted after {downtime}s down"
-            if name == "error":
-                code = int(args[0])
-                sent = self.broadcast_error(code, " ".join(args[1:]) or None)
-                return f"sent error {code} to {sent} client(s)"
-            if name == "lost":
-                self.connectivity_lost()
-                return "connectivity lost (1100), data paused"
-            if name == "restored":
-                lost = bool(args) and args[0].lower() == "lost"
-                self.connectivity_restored(data_lost=lost)
-                return f"connectivity restored ({'1101 data lost' if lost else '1102 data kept'})"
-            if name in ("pause", "resume"):
-                self.pause_data(name == "pause")
-                return f"data {name}d"
-            if name == "pacing":
-                return f"sent error 100 to {self.pacing_violation()} client(s)"
-            if name in ("stall", "unstall"):
-                self.stall(name == "stall")
-                return f"{name}ed"
-        except (IndexError, ValueError):
-            raise ValueError(
-                f"invalid arguments for {command!r}; commands:\n{CONTROL_HELP}"
-            ) from None
-        raise ValueError(f"unknown command {command!r}; commands:\n{CONTROL_HELP}")
-
-    def _status_text(self) -> str:
-        stats = self.stats()
-        sim = datetime.fromtimestamp(stats["sim_time"], UTC).isoformat(timespec="seconds")
-        lines = [
-            f"listening={stats['listening']} on {self.host}:{self.port} sim_time={sim} "
-            f"paused={stats['data_paused']} stalled={stats['stalled']}",
-            f"totals: {stats['totals']}",
-            f"events: {stats['events']}",
-        ]
-        lines += [
-            f"client {s.client_id} {s.peer}: {len(s.tick_req_ids)} tick, "
-            f"{len(s.bar_req_ids)} bar, {len(s.history_req_ids)} history subscription(s), "
-            f"market data type {s.market_data_type}"
-            for s in self.sessions()
-        ]
-        return "\n".join(lines)
+        return await run_command(self, command)
