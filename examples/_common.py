@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from mdp_core import IBKRSettings, configure_logging
-from mdp_core.providers.ibkr import ibkr_endpoint
+from mdp_core.gateway import ibkr_endpoint
 from mdp_core.store import Database
 
 

@@ -41,7 +41,7 @@ import click
 
 from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.errors import error_info
-from mdp_core.settings import get_settings
+from mdp_core.settings import CheckSettings, IBKRSettings, get_settings, ibkr_configured
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
 __all__ = ["dagster_url_for", "up"]
@@ -269,9 +269,10 @@ class Stack:
     def start_database(self) -> None:
         from mdp_core.store.embedded import EmbeddedServer
 
-        dsn = self.env.get("MDP_PG_DSN")
+        settings = get_settings()
+        dsn = settings.pg_dsn.get_secret_value() if settings.pg_dsn else None
         if dsn:
-            url = self.env.get("MDP_DAGSTER_PG_URL")
+            url = settings.dagster_pg_url.get_secret_value() if settings.dagster_pg_url else None
             if not url:
                 try:
                     url = dagster_url_for(dsn)
@@ -302,9 +303,9 @@ class Stack:
         self.env["MDP_DAGSTER_PG_URL"] = url
 
     def start_gateway(self, specs: list[StreamSpec], port: int) -> None:
-        if self.env.get("MDP_IBKR_HOST"):
-            where = f"{self.env['MDP_IBKR_HOST']}:{self.env.get('MDP_IBKR_PORT', '4002')}"
-            _say(f"IB Gateway at {where} (MDP_IBKR_HOST): no simulated gateway")
+        if ibkr_configured():
+            ib = IBKRSettings()
+            _say(f"IB Gateway at {ib.host}:{ib.port} (MDP_IBKR_HOST/PORT): no simulated gateway")
             return
         symbols = sorted({s for spec in specs if spec.provider == "ibkr" for s in spec.symbols})
         if not symbols:
@@ -326,7 +327,8 @@ class Stack:
         self.env["MDP_IBKR_HOST"] = "127.0.0.1"
         self.env["MDP_IBKR_PORT"] = str(port)
         # The simulated market never closes: freshness and gap checks must say so too.
-        self.env.setdefault("MDP_CHECK_CALENDAR", "24/7")
+        if "calendar" not in CheckSettings().model_fields_set:
+            self.env["MDP_CHECK_CALENDAR"] = "24/7"
         _say(f"simulated IB Gateway on 127.0.0.1:{port} for {', '.join(symbols)} (log {log})")
 
     def start_dagster(self) -> None:

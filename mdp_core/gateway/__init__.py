@@ -24,11 +24,14 @@ Modules, from the socket inwards:
   switches, records, counters); ``records``: the records kept for assertions;
 - ``protocol`` (message ids, request layouts, reply builders), ``codec`` (framing),
   ``history`` (historical request values), ``instruments`` (contracts);
+- ``endpoint``: ``ibkr_endpoint``, the configured IB or else a simulated gateway, for
+  scripts that should run unchanged on a laptop and against a real IB Gateway;
 - ``market`` (``SimClock``, ``MarketModel``, ``ReplayModel``) and ``random_walk``: the data.
 """
 
 from __future__ import annotations
 
+from mdp_core.gateway.endpoint import IBKREndpoint, ibkr_endpoint
 from mdp_core.gateway.market import (
     BAR_SECONDS,
     MarketModel,
@@ -53,6 +56,7 @@ from mdp_core.gateway.server import (
 __all__ = [
     "BAR_SECONDS",
     "CONTROL_HELP",
+    "IBKREndpoint",
     "MarketModel",
     "MinuteRow",
     "RandomWalkModel",
@@ -66,5 +70,6 @@ __all__ = [
     "SimTick",
     "SimulatedGateway",
     "aggregate_bars",
+    "ibkr_endpoint",
     "load_minute_file",
 ]

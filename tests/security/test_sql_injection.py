@@ -309,9 +309,9 @@ ALLOWED = {
     ("mdp_core/store/database.py", "_embedded_dsn", "f'CREATE DATABASE \"{EMBEDDED_DATABASE}\"'"),
     # class constants of the sinks (_QUOTES_INSERT / _BARS_INSERT / _BARS_REPLACE_PARTIAL;
     # STAGE_TABLES values)
-    ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._insert_sql"),
-    ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._replace_sql"),
-    ("mdp_core/store/sinks.py", "Sink._copy_insert", "self._stage"),
+    ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._insert_sql"),
+    ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._replace_sql"),
+    ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._stage"),
     # the same constants, taken from the sink classes by the bulk writer (mdp import)
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._insert_sql"),
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._stage"),

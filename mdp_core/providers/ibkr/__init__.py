@@ -7,15 +7,11 @@ Importing this package needs neither ib_async nor ib_insync; building a source d
 from __future__ import annotations
 
 from mdp_core.providers.ibkr.connection import DuplicateClientIdError, IBKRConnectError
-from mdp_core.providers.ibkr.endpoint import IBKREndpoint, ibkr_configured, ibkr_endpoint
 from mdp_core.providers.ibkr.source import IBKRIssue, IBKRStreamSource
 
 __all__ = [
     "DuplicateClientIdError",
     "IBKRConnectError",
-    "IBKREndpoint",
     "IBKRIssue",
     "IBKRStreamSource",
-    "ibkr_configured",
-    "ibkr_endpoint",
 ]

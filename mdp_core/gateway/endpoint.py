@@ -11,24 +11,17 @@ starts ``SimulatedGateway`` on a free local port for the duration of the block::
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mdp_core.settings import IBKRSettings
+from mdp_core.settings import IBKRSettings, ibkr_configured
 
 if TYPE_CHECKING:
-    from mdp_core.gateway import SimulatedGateway
+    from mdp_core.gateway.server import SimulatedGateway
 
-__all__ = ["IBKREndpoint", "ibkr_configured", "ibkr_endpoint"]
-
-
-def ibkr_configured(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether a real IB Gateway/TWS is configured (``MDP_IBKR_HOST`` or ``MDP_IBKR_PORT``)."""
-    env = os.environ if environ is None else environ
-    return bool(env.get("MDP_IBKR_HOST") or env.get("MDP_IBKR_PORT"))
+__all__ = ["IBKREndpoint", "ibkr_endpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +68,7 @@ async def ibkr_endpoint(
     if ibkr_configured():
         yield IBKREndpoint(settings)
         return
-    from mdp_core.gateway import SimulatedGateway
+    from mdp_core.gateway.server import SimulatedGateway
 
     async with SimulatedGateway(
         symbols, port=0, seed=seed, time_compression=time_compression, **gateway_options
