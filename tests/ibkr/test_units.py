@@ -11,12 +11,11 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from mdp_core.providers.base import ProviderError
 from mdp_core.gateway import ibkr_endpoint
+from mdp_core.providers.base import ProviderError
 from mdp_core.providers.ibkr import compat
-from mdp_core.settings import ibkr_configured
 from mdp_core.providers.ibkr.watchdog import StalenessWatchdog, load_market_hours
-from mdp_core.settings import IBKRSettings, describe_settings_error
+from mdp_core.settings import IBKRSettings, describe_settings_error, ibkr_configured
 
 
 class Market:
