@@ -109,6 +109,9 @@ class Pipeline:
         self._latency = CommitLatency() if spec.metrics_port is not None else None
         self._lock_key = f"mdp:stream:{spec.name}"
         self._locks: list[AbstractAsyncContextManager[asyncpg.Connection]] = []
+        # A writer refused by the lock writes no heartbeat: the stream's rows belong to the
+        # run that holds it, and a "failed" row of ours would read as that stream failing.
+        self._wrote_as_owner = not single_writer
         self._lock_conn: asyncpg.Connection | None = None
         self._stop = asyncio.Event()
         self._state: PipelineState = "new"
@@ -192,7 +195,8 @@ class Pipeline:
             await self._release_locks()
             self._state = "failed" if self._error is not None else "finished"
             self._final = self.stats()
-            await self._heartbeat()
+            if self._wrote_as_owner:
+                await self._heartbeat()
             await self._progress()
             self._log_summary(self._final)
             if self.metrics is not None:
@@ -232,6 +236,7 @@ class Pipeline:
         lock = self.db.advisory_lock(self._lock_key)
         self._lock_conn = await lock.__aenter__()
         self._locks.append(lock)
+        self._wrote_as_owner = True
 
     @property
     def holds_lock(self) -> bool:

@@ -88,10 +88,16 @@ async def test_second_writer_for_the_same_stream_is_refused(fresh_dsn: str) -> N
         first = Pipeline(synthetic_spec("solo"), db)
         run = asyncio.create_task(first.run())
         await wait_until(lambda: run.done() or first.stats().received > 0)
+        refused = Pipeline(synthetic_spec("solo"), db)
         with pytest.raises(LockHeldError, match="mdp:stream:solo"):
-            await Pipeline(synthetic_spec("solo"), db).run(max_seconds=1)
+            await refused.run(max_seconds=1)
         first.request_stop()
         assert (await asyncio.wait_for(run, 30)).balanced
+        runs = await db.pool.fetch(
+            "SELECT DISTINCT run_id FROM mdp.stream_heartbeats WHERE stream = 'solo'"
+        )
+        # the refused writer left no heartbeat that could read as the stream failing
+        assert [r["run_id"] for r in runs] == [first.run_id] != [refused.run_id]
 
 
 class Failing(ProviderSource):
