@@ -461,17 +461,27 @@ def resume_points(
 ) -> dict[str, datetime]:
     """Per symbol, the start of the last 5-second bar a resumed IBKR stream skips, from
     ``last`` (the start of each symbol's newest complete stored bar): the end of that bar
-    less 5 s, so every later window is rebuilt whole. For session bars, the 5-second bar
-    before the next session's open (the stream's bars until then are outside any session);
-    a symbol whose next session opens after ``now`` gets none (nothing was missed)."""
+    less 5 s, so every later window is rebuilt whole.
+
+    For session bars: 5 s before the open of the first session after that bar, or, for a
+    symbol without one, of the session in progress at ``now``; none if that session has
+    not opened by ``now`` (the bars until then are outside every session). So a session cut
+    by a stop, or started mid-way, is built from its open."""
     five = resolution_timedelta("5s")
     if spec.sessions is None:
         width = resolution_timedelta(spec.resolution) - five
         return {symbol: t + width for symbol, t in last.items()}
     sessions = sessions_of(spec.sessions)
+    current = sessions.of(now.timestamp())
     points: dict[str, datetime] = {}
-    for symbol, t in last.items():
-        opens = sessions.open_after(t.timestamp())
+    for symbol in spec.symbols:
+        t = last.get(symbol)
+        if t is not None:
+            opens = sessions.open_after(t.timestamp())
+        elif current is not None:
+            opens = current[0]
+        else:
+            continue
         if opens <= now.timestamp():
             points[symbol] = datetime.fromtimestamp(opens, UTC) - five
     return points

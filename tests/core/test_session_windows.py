@@ -166,7 +166,8 @@ def test_the_edge_counts_bars_outside_sessions_by_name() -> None:
 
 
 def session_spec(**extra: object) -> StreamSpec:
-    return StreamSpec(name="s", mode="bars", symbols=["SPY"], resolution="1d", **extra)  # type: ignore[arg-type]
+    fields = {"symbols": ["SPY"]} | extra
+    return StreamSpec(name="s", mode="bars", resolution="1d", **fields)  # type: ignore[arg-type]
 
 
 def test_resume_points_start_at_the_next_sessions_open() -> None:
@@ -178,6 +179,19 @@ def test_resume_points_start_at_the_next_sessions_open() -> None:
     }
     # Restarted before Friday's open: nothing was missed
     assert resume_points(spec, last, utc(2024, 11, 29, 14)) == {}
+
+
+def test_a_symbol_without_a_complete_bar_starts_from_the_open_in_progress() -> None:
+    spec = session_spec(sessions="XNYS", symbols=["SPY", "QQQ"])
+    last = {"SPY": utc(2024, 11, 27, 14, 30)}
+    assert resume_points(spec, last, utc(2024, 11, 29, 17)) == {
+        "SPY": utc(2024, 11, 29, 14, 29, 55),
+        "QQQ": utc(2024, 11, 29, 14, 29, 55),
+    }
+    # after the early close (18:00 UTC) no session is in progress: QQQ has nothing to resume
+    assert resume_points(spec, last, utc(2024, 11, 29, 19)) == {
+        "SPY": utc(2024, 11, 29, 14, 29, 55)
+    }
 
 
 def test_resume_points_of_utc_days_are_unchanged() -> None:
