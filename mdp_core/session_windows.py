@@ -14,6 +14,10 @@ session of an ``exchange_calendars`` calendar (``"XNYS"``, ``"XLON"``, ...), lik
 - A symbol's watermark is the latest *end* of its input bars (``ts`` + the input's
   resolution) less ``allowed_lateness``: the session's last minute closes its bar at once,
   without waiting for the next bar (which may come the next morning).
+- A bar is ``partial`` when its inputs do not cover the whole session as far as can be
+  told: flushed before its last input reached the close (the stream stopped), or its first
+  input starts after the open (the stream started late, and its backfill did not reach
+  the open). A store replaces a partial bar by the first complete one of its key.
 
 No wall clock is read: time comes only from the bars and from ``advance(now)``, so the
 caller (a test, a heartbeat) decides what "now" is.
@@ -115,6 +119,10 @@ class SessionWindows(BarWindows):
                 "counted as outside_session",
                 self.sessions.name, ts.isoformat(), first.isoformat(), last.isoformat(),
             )  # fmt: skip
+
+    def _bar(self, symbol: str, ts: datetime, state: list, partial: bool) -> Bar:
+        # state[0]: the first input's start; ts: the session's open
+        return super()._bar(symbol, ts, state, partial or state[0] > ts)
 
     def _check_resolution(self, bar: Bar) -> None:
         check_session_input(bar.resolution, self.sessions.name)

@@ -100,7 +100,7 @@ def test_the_day_before_a_holiday_is_emitted_by_the_next_sessions_bars() -> None
     """A session whose last minute is missing closes when a later bar arrives (here the
     next session's first minute, two days later), not before."""
     w = SessionWindows("XNYS")
-    wednesday = minutes(utc(2024, 11, 27, 20, 0), utc(2024, 11, 27, 20, 30))  # ends early
+    wednesday = minutes(utc(2024, 11, 27, 14, 30), utc(2024, 11, 27, 20, 30))  # ends early
     friday = minutes(utc(2024, 11, 29, 14, 30), utc(2024, 11, 29, 14, 32))
     assert feed(w, wednesday) == []
     out = feed(w, friday)
@@ -127,6 +127,15 @@ def test_a_flush_mid_session_is_partial_and_later_bars_of_it_are_late() -> None:
     late = minutes(utc(2024, 11, 27, 16, 0), utc(2024, 11, 27, 16, 1))[0]
     assert w.add(late) is None  # its session's bar was emitted
     assert w.outside == 0
+
+
+def test_a_session_whose_first_minutes_are_missing_is_partial() -> None:
+    """A stream that started after the open (and could not backfill to it) writes a bar
+    flagged partial, even though it ran to the close."""
+    w = SessionWindows("XNYS")
+    afternoon = minutes(utc(2024, 11, 27, 19, 0), utc(2024, 11, 27, 21, 0))
+    [(_, bar)] = feed(w, afternoon)
+    assert bar.partial and bar.ts == utc(2024, 11, 27, 14, 30)
 
 
 def test_symbols_keep_their_own_sessions_open() -> None:
