@@ -3,10 +3,12 @@ first stop is stored ``partial``; the next run backfills from the session's open
 complete bar it writes at the close replaces the partial one and equals the gateway's own
 5-second bars of the whole session.
 
-The gateways replay the latest XNYS session that has closed (wall clock: the stored bars
-must be recent for the resume to find them), a simulated minute per real second: the first
-from 20 minutes after the open, the second (same seed, so the same market) from 5 minutes
-before the close, as if the stream had been down for most of the day."""
+Both gateways (same seed, so the same market) replay the latest XNYS session that has
+closed (by the wall clock: the stored bars must be recent for the resume to find them):
+the first from 20 minutes after the open, a simulated minute per real second; the second
+from 40 minutes after the open (within the hour of 5-second bars IB serves in one
+request), ten simulated minutes per real second, through the close.
+"""
 
 from __future__ import annotations
 
@@ -41,17 +43,17 @@ def recent_session() -> tuple[datetime, datetime, datetime]:
 OPEN, CLOSE, PREVIOUS_OPEN = recent_session()
 
 
-def gateway(start: datetime) -> SimulatedGateway:
+def gateway(start: datetime, time_compression: float) -> SimulatedGateway:
     return SimulatedGateway(
-        symbols=SYMBOLS, port=0, seed=5, time_compression=60.0, tick_interval=0.02, start=start
-    )
+        symbols=SYMBOLS, port=0, seed=5, time_compression=time_compression,
+        tick_interval=0.05, start=start,
+    )  # fmt: skip
 
 
 def spec(gw: SimulatedGateway) -> StreamSpec:
     options = {
         "ibkr_settings": settings_for(gw),
         "market_open": always_open,
-        "max_backfill_seconds": 8 * 3600,  # a whole session of 5-second bars
     }
     return StreamSpec(
         name="sessions",
@@ -81,13 +83,13 @@ def ohlcv(row: dict[str, object]) -> tuple[object, ...]:
 async def test_a_session_restarted_mid_way_is_rebuilt_whole_from_its_open(
     fresh_dsn: str, tmp_path: Path
 ) -> None:
-    async with asyncio.timeout(180), Database.connect(fresh_dsn) as db:
+    async with asyncio.timeout(240), Database.connect(fresh_dsn) as db:
         # the previous session's bars are stored complete (an earlier run wrote them)
         await BarsSink(db).write(
             [Bar(s, PREVIOUS_OPEN, 1.0, 1.0, 1.0, 1.0, 1.0, "1d", source="ibkr") for s in SYMBOLS]
         )
         dlq = DeadLetterQueue(tmp_path / "dlq")
-        async with gateway(OPEN + timedelta(minutes=20)) as gw:
+        async with gateway(OPEN + timedelta(minutes=20), 60.0) as gw:
             first_run = Pipeline(spec(gw), db, dlq=dlq)
             task = asyncio.create_task(first_run.run())
             # 20 minutes since the open: 240 backfilled 5-second bars a symbol, then live
@@ -98,7 +100,7 @@ async def test_a_session_restarted_mid_way_is_rebuilt_whole_from_its_open(
         assert first.balanced and first.coordinator.committed == len(SYMBOLS)
         assert set(cut) == set(SYMBOLS) and all(r["partial"] for r in cut.values())
 
-        async with gateway(CLOSE - timedelta(minutes=5)) as gw:
+        async with gateway(OPEN + timedelta(minutes=40), 600.0) as gw:
             second_run = Pipeline(spec(gw), db, dlq=dlq)
             task = asyncio.create_task(second_run.run())
             # the complete bars are written at the close, then post-market bars come
