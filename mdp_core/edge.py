@@ -25,8 +25,8 @@ coarser bars (``BarWindows``): the one place where streams resample. The native 
 into an emitted bar are counted as ``dropped["resampled"]`` (the bar stands for them),
 late ones as ``dropped["late"]``. With ``sessions`` (an exchange calendar) the daily bars
 follow that exchange's sessions (``SessionWindows``), and native bars between sessions are
-counted as ``dropped["outside_session"]``. ``close()`` flushes the open windows (a bar cut short by
-the stop is ``partial``) and closes the channel.
+counted as ``dropped["outside_session"]``. ``close()`` flushes the open windows (a bar cut
+short by the stop is ``partial``) and closes the channel.
 
 Accounting, at every moment: ``received == delivered + held + folding + sum(dropped)``,
 where ``delivered`` counts the channel's accepted records (native or resampled), ``held``

@@ -95,9 +95,7 @@ class SessionWindows(BarWindows):
                 return None  # late: the session's bar was emitted
             s.lo = datetime.fromtimestamp(start, UTC)
             s.hi = datetime.fromtimestamp(close, UTC)
-            state = s.open.get(start)
-            if state is None:
-                state = s.open[start] = []
+            state = s.open.setdefault(start, [])
             s.state = state
         self._fold_into(state, bar, end)
         return self._watermark(symbol, s, end)

@@ -14,6 +14,7 @@ Rules:
 
 - A window is ``[start, start + width)`` with ``start`` a multiple of ``width`` seconds since
   the Unix epoch, so a ``1m`` window starts on the minute and a ``1d`` window at UTC midnight.
+  (Daily bars per exchange session: ``mdp_core.session_windows.SessionWindows``.)
 - Watermarks are per symbol: a symbol's watermark is the maximum event time seen for that
   symbol minus ``allowed_lateness``; it never regresses. A symbol's window closes when its
   watermark reaches the window's end, on ``flush()`` (end of stream, or the stream has
