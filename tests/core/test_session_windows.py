@@ -12,6 +12,7 @@ import pytest
 
 from mdp_core.channel import Channel
 from mdp_core.edge import OUTSIDE_SESSION, Edge
+from mdp_core.logs import logger
 from mdp_core.models import Bar
 from mdp_core.pipeline import resume_points
 from mdp_core.session_windows import SessionWindows
@@ -145,6 +146,20 @@ def test_symbols_keep_their_own_sessions_open() -> None:
     out = feed(w, qqq + spy)
     assert [b.symbol for _, b in out] == ["SPY"]
     assert [b.symbol for b in w.flush()] == ["QQQ"]
+
+
+def test_a_bar_beyond_the_calendars_range_is_outside_session_with_a_warning() -> None:
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        w = SessionWindows("XNYS")
+        first, _ = w.sessions.bounds
+        old = minutes(first - timedelta(days=400), first - timedelta(days=400) + 2 * MINUTE)
+        assert feed(w, old) == []
+    finally:
+        logger.remove(sink)
+    assert w.outside == 2 and w.folded == 0
+    assert len(messages) == 1 and "beyond the calendar's range" in messages[0]
 
 
 def test_input_bars_must_divide_a_minute() -> None:
