@@ -1,16 +1,19 @@
 """Market sessions, from ``exchange_calendars`` (``XNYS`` by default; ``24/7`` = always open).
 
-Used by the IBKR staleness watchdog (is the market open now?) and by Dagster's freshness
-and gap checks (which parts of a period was it open?).
+Used by the IBKR staleness watchdog (is the market open now?), by Dagster's freshness
+and gap checks (which parts of a period was it open?) and by session bars (``Sessions``:
+which exchange day holds a time?).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -19,7 +22,14 @@ from mdp_core.logs import logger
 if TYPE_CHECKING:
     import exchange_calendars as xcals
 
-__all__ = ["MarketOpen", "get_calendar", "market_hours", "open_intervals"]
+__all__ = [
+    "MarketOpen",
+    "Sessions",
+    "get_calendar",
+    "market_hours",
+    "open_intervals",
+    "sessions_of",
+]
 
 MarketOpen = Callable[[datetime], bool]
 
@@ -56,7 +66,9 @@ def _build(name: str) -> xcals.ExchangeCalendar:
     except xcals.errors.InvalidCalendarName:
         raise ValueError(
             f"unknown market calendar {name!r}: expected an exchange_calendars name such as "
-            "'XNYS' (NYSE), 'XNAS', 'XLON', or '24/7' for a market that never closes"
+            "'XNYS' (NYSE), 'XNAS', 'XLON', or '24/7' for a market that never closes "
+            "(all names: python -c 'import exchange_calendars; "
+            "print(exchange_calendars.get_calendar_names())')"
         ) from None
 
 
@@ -105,3 +117,63 @@ def market_hours(calendar: str) -> MarketOpen:
             return True
 
     return market_open
+
+
+class Sessions:
+    """The sessions of one exchange calendar, each ``[open, close)`` in UTC epoch seconds,
+    sorted; early closes are the calendar's. A session with a lunch break counts as one
+    ``[open, close)``. Build with ``sessions_of(name)`` (cached per calendar)."""
+
+    def __init__(self, name: str, opens: list[float], closes: list[float]) -> None:
+        self.name = name
+        self.opens = opens
+        self.closes = closes
+        self.close_of = dict(zip(opens, closes, strict=True))  # open -> close
+
+    @property
+    def bounds(self) -> tuple[datetime, datetime]:
+        """The first open and the last close the calendar knows."""
+        return _utc(self.opens[0]), _utc(self.closes[-1])
+
+    def of(self, t: float) -> tuple[float, float] | None:
+        """The session holding ``t`` (``open <= t < close``), or ``None`` outside every one."""
+        i = bisect.bisect_right(self.opens, t) - 1
+        if i >= 0 and t < self.closes[i]:
+            return self.opens[i], self.closes[i]
+        return None
+
+    def first_open_ending_after(self, t: float) -> float:
+        """The open of the first session closing after ``t`` (``inf`` past the last one):
+        every session opening before it has closed by ``t``."""
+        i = bisect.bisect_right(self.closes, t)
+        return self.opens[i] if i < len(self.opens) else math.inf
+
+    def close_from(self, t: float) -> float:
+        """The close of the first session opening at or after ``t`` (``inf`` if none)."""
+        i = bisect.bisect_left(self.opens, t)
+        return self.closes[i] if i < len(self.closes) else math.inf
+
+    def open_after(self, t: float) -> float:
+        """The open of the first session opening after ``t`` (``inf`` if none)."""
+        i = bisect.bisect_right(self.opens, t)
+        return self.opens[i] if i < len(self.opens) else math.inf
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def sessions_of(name: str) -> Sessions:
+    """The sessions of calendar ``name`` (``ValueError`` naming it if unknown)."""
+    with _building:
+        return _sessions(name)
+
+
+@lru_cache(maxsize=8)
+def _sessions(name: str) -> Sessions:
+    cal = _build(name)
+    with _quiet():
+        schedule = cal.schedule
+    opens = [t.timestamp() for t in schedule["open"]]
+    closes = [t.timestamp() for t in schedule["close"]]
+    return Sessions(name, opens, closes)

@@ -23,8 +23,10 @@ leaves by a policy.
 When the stream's resolution is coarser than the provider's bars, the edge folds them into
 coarser bars (``BarWindows``): the one place where streams resample. The native bars folded
 into an emitted bar are counted as ``dropped["resampled"]`` (the bar stands for them),
-late ones as ``dropped["late"]``. ``close()`` flushes the open windows (a bar cut short by
-the stop is ``partial``) and closes the channel.
+late ones as ``dropped["late"]``. With ``sessions`` (an exchange calendar) the daily bars
+follow that exchange's sessions (``SessionWindows``), and native bars between sessions are
+counted as ``dropped["outside_session"]``. ``close()`` flushes the open windows (a bar cut
+short by the stop is ``partial``) and closes the channel.
 
 Accounting, at every moment: ``received == delivered + held + folding + sum(dropped)``,
 where ``delivered`` counts the channel's accepted records (native or resampled), ``held``
@@ -40,6 +42,7 @@ from typing import Any, Generic, TypeVar
 from mdp_core.channel import Channel, ChannelClosed
 from mdp_core.logs import logger
 from mdp_core.models import Bar
+from mdp_core.session_windows import SessionWindows
 from mdp_core.windows import BarWindows
 
 __all__ = ["Edge"]
@@ -49,19 +52,32 @@ T = TypeVar("T")
 RESAMPLED = "resampled"  # native bars folded into a coarser bar that stands for them
 LATE = "late"  # native bars whose coarser window was already emitted
 CLOSED = "closed"  # records that arrived after the consumer closed the channel
+OUTSIDE_SESSION = "outside_session"  # native bars between an exchange's sessions
 
 
 class Edge(Generic[T]):
     """See the module docstring. ``resolution``: fold bars into this coarser resolution
-    (``None``: hand records on as they are)."""
+    (``None``: hand records on as they are); ``sessions``: an exchange calendar whose
+    sessions the (daily) bars follow."""
 
-    def __init__(self, channel: Channel[T], *, resolution: str | None = None, name: str = ""):
+    def __init__(
+        self,
+        channel: Channel[T],
+        *,
+        resolution: str | None = None,
+        sessions: str | None = None,
+        name: str = "",
+    ):
         self.channel = channel
         self.name = name
         self.received = 0
         self.dropped: Counter[str] = Counter()
         self.error: BaseException | None = None  # the provider's failure, if it failed
-        self._windows = BarWindows(resolution) if resolution is not None else None
+        self._windows: BarWindows | None = None
+        if sessions is not None:
+            self._windows = SessionWindows(sessions)
+        elif resolution is not None:
+            self._windows = BarWindows(resolution)
         self._bars_out = 0  # resampled bars emitted
         self._folded_in = 0  # native bars handed to the windows (late ones included)
         self._push = channel.push
@@ -124,7 +140,7 @@ class Edge(Generic[T]):
         """Native bars in windows not emitted yet."""
         if self._windows is None:
             return 0
-        return self._folded_in - self._windows.folded - self.dropped[LATE]
+        return self._folded_in - self._windows.folded - self.dropped[LATE] - self._windows.outside
 
     def close(self, error: BaseException | None = None) -> None:
         """Flush the open windows into the channel and close it (with ``error``, which its
@@ -144,6 +160,8 @@ class Edge(Generic[T]):
         if not isinstance(record, Bar):
             raise TypeError(f"edge {self.name!r}: resampling needs Bar records, got {record!r}")
         closed = windows.add(record)
+        if windows.outside:
+            self.dropped[OUTSIDE_SESSION] = windows.outside
         if closed is None:
             self.dropped[LATE] += 1
             logger.warning("stream {}: late bar {} {} left out", self.name, record.symbol,

@@ -25,6 +25,7 @@ from typing import Any
 import asyncpg
 
 from mdp_core.accounting import PipelineState, PipelineStats
+from mdp_core.calendars import sessions_of
 from mdp_core.channel import Channel, ChannelStats
 from mdp_core.coordinator import RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
@@ -335,9 +336,10 @@ class Pipeline:
                 # (for coarser bars, from the end of the last complete one, so a bar stored
                 # partial when the last run stopped is rebuilt whole and replaces it).
                 last = await self.db.last_bar_times(spec.symbols, spec.resolution)
-                width = resolution_timedelta(spec.resolution) - resolution_timedelta("5s")
-                common.setdefault("resume_after", {s: t + width for s, t in last.items()})
-            bars = await runtime.bars_to_channel(spec.symbols, resolution=spec.resolution, **common)
+                common.setdefault("resume_after", resume_points(spec, last, datetime.now(UTC)))
+            bars = await runtime.bars_to_channel(
+                spec.symbols, resolution=spec.resolution, sessions=spec.sessions, **common
+            )
             return bars  # type: ignore[return-value]
         quotes = await runtime.quotes_to_channel(spec.symbols, **common)
         return quotes  # type: ignore[return-value]
@@ -457,6 +459,37 @@ class Pipeline:
         log = logger.info if stats.balanced else logger.error
         log("stream {} {} after {:.1f}s: {}", stats.stream, stats.state, stats.elapsed,
             stats.summary())  # fmt: skip
+
+
+def resume_points(
+    spec: StreamSpec, last: dict[str, datetime], now: datetime
+) -> dict[str, datetime]:
+    """Per symbol, the start of the last 5-second bar a resumed IBKR stream skips, from
+    ``last`` (the start of each symbol's newest complete stored bar): the end of that bar
+    less 5 s, so every later window is rebuilt whole.
+
+    For session bars: 5 s before the open of the first session after that bar, or, for a
+    symbol without one, of the session in progress at ``now``; none if that session has
+    not opened by ``now`` (the bars until then are outside every session). So a session cut
+    by a stop, or started mid-way, is built from its open."""
+    five = resolution_timedelta("5s")
+    if spec.sessions is None:
+        width = resolution_timedelta(spec.resolution) - five
+        return {symbol: t + width for symbol, t in last.items()}
+    sessions = sessions_of(spec.sessions)
+    current = sessions.of(now.timestamp())
+    points: dict[str, datetime] = {}
+    for symbol in spec.symbols:
+        t = last.get(symbol)
+        if t is not None:
+            opens = sessions.open_after(t.timestamp())
+        elif current is not None:
+            opens = current[0]
+        else:
+            continue
+        if opens <= now.timestamp():
+            points[symbol] = datetime.fromtimestamp(opens, UTC) - five
+    return points
 
 
 _NO_CHANNEL = ChannelStats(

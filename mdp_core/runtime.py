@@ -39,6 +39,7 @@ from mdp_core.logs import logger
 from mdp_core.models import Bar, Quote, parse_resolution
 from mdp_core.providers.base import ProviderSource
 from mdp_core.providers.registry import ProviderRegistry
+from mdp_core.session_windows import SESSION_RESOLUTION, check_session_input
 from mdp_core.settings import MdpSettings, get_settings
 from mdp_core.windows import can_roll_up
 
@@ -144,15 +145,24 @@ class RuntimeOrchestrator:
         max_buffer: int = 2048,
         provider: str | None = None,
         overflow: ChannelOverflow | None = None,
+        sessions: str | None = None,
         **provider_kwargs: Any,
     ) -> Channel[Bar]:
         """Start ``provider`` streaming ``resolution`` bars of ``symbols`` into a new channel.
 
         If the provider's bars are finer, they are rolled up at the edge; the requested
         resolution must then be a multiple of the provider's (else ``ValueError``).
+        ``sessions`` (an exchange calendar, with ``resolution="1d"``): one bar per session
+        of that exchange instead of per UTC day, from provider bars of 1m or finer.
         """
-        return await self._open(symbols, "bars", parse_resolution(resolution), max_buffer,
-                                provider, overflow, provider_kwargs)  # fmt: skip
+        resolution = parse_resolution(resolution)
+        if sessions is not None and resolution != SESSION_RESOLUTION:
+            raise ValueError(
+                f"sessions {sessions!r} needs resolution '1d' (got {resolution!r}): session "
+                "bars are daily bars"
+            )
+        return await self._open(symbols, "bars", resolution, max_buffer, provider, overflow,
+                                provider_kwargs, sessions)  # fmt: skip
 
     async def _open(
         self,
@@ -163,6 +173,7 @@ class RuntimeOrchestrator:
         provider: str | None,
         overflow: ChannelOverflow | None,
         provider_kwargs: dict[str, Any],
+        sessions: str | None = None,
     ) -> Channel[Any]:
         if self._stopped:
             raise RuntimeError("RuntimeOrchestrator is stopped: create a new one")
@@ -184,12 +195,14 @@ class RuntimeOrchestrator:
                 f"provider {name!r} delivers {native} bars: resolution {resolution!r} "
                 f"cannot be made from them (expected a multiple of {native})"
             )
+        if sessions is not None and native is not None:
+            check_session_input(native, sessions)
         policy = overflow or source.default_overflow.get(mode, "block")
         channel: Channel[Any] = Channel(max_buffer, policy)  # type: ignore[arg-type]
-        resampled = native is not None and native != resolution
+        resampled = (native is not None and native != resolution) or sessions is not None
         stream_name = f"{name}:{mode}#{next(self._numbers)}"
         edge: Edge[Any] = Edge(channel, resolution=resolution if resampled else None,
-                               name=stream_name)  # fmt: skip
+                               sessions=sessions, name=stream_name)  # fmt: skip
         source.attach(edge)
         try:
             await source.start()
@@ -209,6 +222,8 @@ class RuntimeOrchestrator:
             stream.task = asyncio.create_task(self._pump(stream), name=f"mdp-pump-{stream.name}")
         self._streams.append(stream)
         detail = f" from {native} bars" if stream.native_resolution else ""
+        if sessions is not None:
+            detail += f" per {sessions} session"
         logger.info(
             "stream {} started: {} {} {}{} -> channel({}, {})",
             stream.name, ",".join(getattr(source, "symbols", [])), mode, resolution or "",

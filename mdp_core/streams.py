@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mdp_core.coordinator import CoordinatorSettings
 from mdp_core.models import parse_resolution
@@ -41,8 +41,9 @@ class CoordinatorTuning(BaseModel):
 
 # Keyword arguments the pipeline passes to the provider itself.
 _RESERVED_OPTIONS = frozenset(
-    {"symbols", "mode", "resolution", "bar_resolution", "max_buffer", "provider", "overflow"}
-)
+    {"symbols", "mode", "resolution", "bar_resolution", "max_buffer", "provider", "overflow",
+     "sessions"}
+)  # fmt: skip
 
 
 class StreamSpec(BaseModel):
@@ -55,6 +56,11 @@ class StreamSpec(BaseModel):
     mode: Literal["quotes", "bars"] = "bars"
     symbols: list[str]
     resolution: str = "5s"
+    sessions: str | None = Field(
+        None,
+        description="daily bars follow this exchange's sessions (an exchange_calendars name "
+        "such as XNYS) instead of UTC days; needs mode bars and resolution 1d",
+    )
     client_id: int | None = Field(None, ge=0, description="IB API client id (ibkr only)")
     provider_options: dict[str, Any] = Field(default_factory=dict)
     channel_capacity: int = Field(8192, ge=1)
@@ -81,6 +87,25 @@ class StreamSpec(BaseModel):
     @classmethod
     def _resolution(cls, value: str) -> str:
         return parse_resolution(value)
+
+    @field_validator("sessions")
+    @classmethod
+    def _sessions(cls, value: str | None) -> str | None:
+        if value is not None:
+            from mdp_core.calendars import sessions_of
+
+            sessions_of(value)  # ValueError naming an unknown calendar
+        return value
+
+    @model_validator(mode="after")
+    def _sessions_are_daily(self) -> StreamSpec:
+        if self.sessions is not None and (self.mode != "bars" or self.resolution != "1d"):
+            raise ValueError(
+                f"sessions {self.sessions!r} is set with mode {self.mode!r} and resolution "
+                f"{self.resolution!r}: expected mode 'bars' and resolution '1d' (session bars "
+                "are daily bars), or no sessions"
+            )
+        return self
 
     @field_validator("provider_options")
     @classmethod

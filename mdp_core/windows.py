@@ -14,6 +14,7 @@ Rules:
 
 - A window is ``[start, start + width)`` with ``start`` a multiple of ``width`` seconds since
   the Unix epoch, so a ``1m`` window starts on the minute and a ``1d`` window at UTC midnight.
+  (Daily bars per exchange session: ``mdp_core.session_windows.SessionWindows``.)
 - Watermarks are per symbol: a symbol's watermark is the maximum event time seen for that
   symbol minus ``allowed_lateness``; it never regresses. A symbol's window closes when its
   watermark reaches the window's end, on ``flush()`` (end of stream, or the stream has
@@ -53,6 +54,7 @@ __all__ = ["BarWindows", "InvalidEvent", "OhlcWindows", "can_roll_up"]
 _INF = math.inf
 _NO_BARS: tuple[Bar, ...] = ()
 _MIN_TIME = datetime.min.replace(tzinfo=UTC)  # before any event
+_MAX_TIME = datetime.max.replace(tzinfo=UTC)  # after any event
 
 
 def can_roll_up(finer: str, coarser: str) -> bool:
@@ -127,6 +129,7 @@ class _Windows:
         self._width = timedelta(seconds=self.width)
         self._symbols: dict[str, _Symbol] = {}
         self.folded = 0  # inputs folded into the bars emitted so far
+        self.outside = 0  # inputs in no window (session windows only: between sessions)
 
     @property
     def watermark(self) -> datetime | None:
@@ -172,7 +175,7 @@ class _Windows:
         for symbol, s in self._symbols.items():
             if s.open:
                 # Open windows all start at or after closed_through: this only moves it on.
-                self._set_closed_through(s, max(s.open) + self.width)
+                self._set_closed_through(s, self._end_of(max(s.open)))
                 bars.extend(self._emit(symbol, s, _INF, flushed=True))
         return _in_order(bars)
 
@@ -195,13 +198,28 @@ class _Windows:
 
     def _close_until(self, symbol: str, s: _Symbol, max_time: datetime) -> list[Bar]:
         wm = (max_time - self.lateness).timestamp()
-        self._set_closed_through(s, wm - wm % self.width)  # windows ending at or before wm
+        self._set_closed_through(s, self._boundary(wm))  # windows ending at or before wm
         return self._emit(symbol, s, s.closed_through, flushed=False)
 
     def _set_closed_through(self, s: _Symbol, boundary: float) -> None:
         s.closed_through = boundary
-        # The watermark reaching boundary + width closes the next window.
-        s.trigger = datetime.fromtimestamp(boundary + self.width, UTC) + self.lateness
+        # The watermark reaching the end of the next window closes it.
+        end = self._next_end(boundary)
+        s.trigger = _MAX_TIME if end == _INF else datetime.fromtimestamp(end, UTC) + self.lateness
+
+    # The shape of the windows (epoch-aligned tumbling here; sessions override these).
+
+    def _boundary(self, wm: float) -> float:
+        """The start of the first window not ended at ``wm`` (all before it have ended)."""
+        return wm - wm % self.width
+
+    def _end_of(self, start: float) -> float:
+        """The end of the window starting at ``start``."""
+        return start + self.width
+
+    def _next_end(self, boundary: float) -> float:
+        """The end of the first window starting at or after ``boundary`` (``inf``: none)."""
+        return boundary + self.width
 
     def _locate(self, s: _Symbol, ts: datetime) -> list | None:
         """The open window of ``s`` holding ``ts`` (``[]`` when it is new: the caller fills
@@ -380,9 +398,18 @@ class BarWindows(_Windows):
             if located is None:
                 return None
             state = located
+        self._fold_into(state, bar, ts + self._input_width[bar.resolution])
+        if ts > s.max_time:
+            s.max_time = ts
+            if ts >= s.trigger:
+                return self._close_until(symbol, s, ts)
+        return _NO_BARS
+
+    def _fold_into(self, state: list, bar: Bar, end: datetime) -> None:
+        """Fold ``bar`` (ending at ``end``) into a window's ``state`` (``[]``: a new one)."""
+        ts = bar.ts
         vwap, volume, count = bar.vwap, bar.volume, bar.trade_count
         pv = None if vwap is None else vwap * volume
-        end = ts + self._input_width[bar.resolution]
         if not state:
             state.extend(
                 (ts, bar.open, bar.high, bar.low, ts, bar.close, volume, pv, count, bar.source,
@@ -405,14 +432,10 @@ class BarWindows(_Windows):
             if end > state[10]:
                 state[10] = end
             state[11] += 1
-        if ts > s.max_time:
-            s.max_time = ts
-            if ts >= s.trigger:
-                return self._close_until(symbol, s, ts)
-        return _NO_BARS
 
     def _short(self, start: datetime, state: list, s: _Symbol) -> bool:
-        return state[10] < start + self._width  # the last input ends before the window
+        # the last input ends before the window does
+        return state[10].timestamp() < self._end_of(start.timestamp())
 
     def _check_resolution(self, bar: Bar) -> None:
         if not can_roll_up(bar.resolution, self.resolution):

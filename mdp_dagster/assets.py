@@ -7,6 +7,8 @@ what rollups' automation and freshness policies react to.
 
 from __future__ import annotations
 
+import re
+
 import dagster as dg
 
 from mdp_dagster.io_manager import IO_MANAGER_KEY
@@ -35,17 +37,26 @@ BARS_5S = dg.AssetSpec(
 RAW_ASSETS: list[dg.AssetSpec] = [QUOTES, BARS_5S]
 
 
-def raw_asset_for(mode: str, resolution: str | None = None) -> dg.AssetKey:
+def raw_asset_for(
+    mode: str, resolution: str | None = None, sessions: str | None = None
+) -> dg.AssetKey:
     """The asset a stream of ``mode`` ("quotes" or "bars") at ``resolution`` writes.
 
     Bars at resolutions other than 5s are still rows of ``mdp.bars``; they are reported
     under their own key ``mdp/bars_<resolution>`` (not declared here, so the UI shows them
-    as an undeclared asset) rather than mislabelled as 5s bars.
+    as an undeclared asset) rather than mislabelled as 5s bars. Daily bars per exchange
+    session (``sessions``, a calendar name) are ``mdp/bars_1d_<calendar>`` (lower case,
+    other characters than letters and digits as ``_``), apart from the UTC-day rollup
+    ``mdp/bars_1d``.
     """
     if mode == "quotes":
         return QUOTES.key
     if mode == "bars":
         if resolution in (None, "5s"):
             return BARS_5S.key
+        if sessions is not None:
+            return dg.AssetKey(
+                ["mdp", f"bars_{resolution}_{re.sub(r'[^a-z0-9]', '_', sessions.lower())}"]
+            )
         return dg.AssetKey(["mdp", f"bars_{resolution}"])
     raise ValueError(f"unknown stream mode {mode!r}: expected 'quotes' or 'bars'")

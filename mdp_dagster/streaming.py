@@ -290,7 +290,7 @@ def run_stream(
         spec = find_stream(config.stream)
     except StreamsConfigError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
-    asset_key = raw_asset_for(spec.mode, spec.resolution)
+    asset_key = raw_asset_for(spec.mode, spec.resolution, spec.sessions)
     queue = dlq.queue()
     runner = PipelineThread(
         spec,

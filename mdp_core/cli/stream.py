@@ -47,6 +47,13 @@ def _status_line(stats: PipelineStats) -> str:
 @click.option("--symbols", default=None, help="comma-separated symbols, e.g. AAPL,MSFT")
 @click.option("--resolution", default="5s", show_default=True, help="bar resolution (bars mode)")
 @click.option(
+    "--sessions",
+    default=None,
+    metavar="CALENDAR",
+    help="with --resolution 1d: one bar per session of this exchange calendar (e.g. XNYS) "
+    "instead of per UTC day",
+)
+@click.option(
     "--option",
     "options",
     multiple=True,
@@ -96,6 +103,7 @@ def stream(
     mode: str,
     symbols: str | None,
     resolution: str,
+    sessions: str | None,
     options: tuple[str, ...],
     channel_capacity: int | None,
     channel_overflow: str | None,
@@ -119,6 +127,8 @@ def stream(
       mdp stream --provider synthetic --mode quotes --symbols AAPL,MSFT --seconds 30
       mdp stream --provider replay --mode bars --resolution 1h \\
                  --option path=data/SPY_1min_2011-01.csv --symbols SPY
+      mdp stream --provider replay --mode bars --resolution 1d --sessions XNYS \\
+                 --option path=data/SPY_1min_2011-01.csv --symbols SPY
       mdp stream --config streams.yaml --name ibkr_bars
       mdp stream --provider synthetic --symbols AAPL --metrics-port 9108
 
@@ -138,6 +148,7 @@ def stream(
             "channel_overflow": channel_overflow,
             "metrics_port": metrics_port,
             "metrics_host": metrics_host,
+            "sessions": sessions,
         }
         spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         type(spec).model_validate(spec.model_dump())  # the copy is checked like the original
