@@ -149,15 +149,15 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             f"{best['ratio_to_raw_best']:.2f} x",
             best["ratio_to_raw_best"] >= 0.7,
         )
-        dup = store["coordinator_dup_best"]
+        dup, before = store["coordinator_dup_best"], store["coordinator_dup_before_best"]
         where = f"{dup['workers']} workers, batch {dup['batch_size']:,}"
         add(
             "coordinator on duplicates >= 0.9 x idempotent-only coordinator",
             "store",
             f"{dup['dup_rows_per_s']:,.0f} rows/s ({where})",
-            f"idempotent only {dup['dup_before_rows_per_s']:,.0f} rows/s",
-            f"{dup['dup_ratio_to_before']:.2f} x",
-            dup["dup_ratio_to_before"] >= 0.9,
+            f"idempotent only {before['dup_before_rows_per_s']:,.0f} rows/s",
+            f"{store['dup_ratio_to_before']:.2f} x",
+            store["dup_ratio_to_before"] >= 0.9,
         )
         add(
             "coordinator path >= 50,000 quotes/s",
