@@ -56,7 +56,11 @@ _ts = attrgetter("ts")
 
 class TableSink(Generic[R]):
     """Writes batches of one record type to one partitioned table (see the module's
-    guarantees). Use as ``async with QuotesSink(db) as sink: await sink.write(batch)``."""
+    guarantees). Use as ``async with QuotesSink(db) as sink: await sink.write(batch)``.
+
+    ``policy`` picks the write path of each batch (default: a ``WritePathPolicy()`` that
+    tries the fast path first; pass ``WritePathPolicy(start_idempotent=True)`` for rows
+    that are likely stored already, as DLQ replay and backfills do)."""
 
     kind: ClassVar[str]
     table: ClassVar[str]
