@@ -75,6 +75,7 @@ class PipelineStats:
             "queue_depth": h.queue_depth,
             "in_flight": h.in_flight,
             "retries": h.retries,
+            "write_paths": dict(h.write_paths),
             "circuit": h.circuit,
             "rate": round(self.rate, 1),
             "error": self.error,

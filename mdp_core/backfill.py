@@ -59,6 +59,7 @@ from mdp_core.providers.ibkr.pacing import HistoryPacer, PacingRules
 from mdp_core.settings import IBKRSettings
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink
+from mdp_core.store.write_path import WritePathCounts, WritePathPolicy
 
 __all__ = [
     "Backfill",
@@ -242,6 +243,10 @@ class _TrackingSink:
         self._left: dict[HistoryRequest, int] = {}
         self._size: dict[HistoryRequest, int] = {}
         self._on_done = on_done
+
+    @property
+    def paths(self) -> WritePathCounts:
+        return self.inner.paths
 
     def expect(self, request: HistoryRequest, bars: Sequence[Bar]) -> None:
         for bar in bars:
@@ -461,7 +466,9 @@ class Backfill:
         return plan
 
     async def _fetch_all(self, ib: Any, plan: list[HistoryRequest]) -> CoordinatorStats:
-        sink = _TrackingSink(BarsSink(self.db), self._record)
+        # history is often stored already (an overlapping backfill): start idempotent
+        policy = WritePathPolicy(start_idempotent=True)
+        sink = _TrackingSink(BarsSink(self.db, policy), self._record)
         coordinator: WriteCoordinator[Bar] = WriteCoordinator(
             sink,
             self.coordinator_settings,

@@ -12,6 +12,9 @@ twice, and the scrape equals the summary the stream prints when it ends):
 - ``mdp_channel_depth`` / ``_capacity``, ``mdp_queue_depth`` / ``_capacity``,
   ``mdp_in_flight``, ``mdp_write_retries_total``, ``mdp_circuit_state{state}`` (1 for the
   current one), ``mdp_circuit_opened_total``;
+- ``mdp_write_batches_total{path}`` / ``mdp_write_rows_total{path}``: committed batches and
+  their rows per write path (``fast``: direct COPY; ``fallback``: refused there for a
+  conflict, then written idempotently; ``idempotent``: written idempotently from the start);
 - ``mdp_commit_latency_seconds``: a histogram, per committed record, of the time from its
   event (a quote's ``ts``; a bar's end, ``ts + resolution``) to its commit;
 - ``mdp_provider_reconnects_total``, ``_resubscribes_total``, ``_backfilled_bars_total``
@@ -61,6 +64,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 PROVIDER_COUNTERS = ("connects", "connect_failures", "disconnects", "reconnects",
                      "resubscribes", "backfilled_bars", "backfill_failures", "pauses")  # fmt: skip
 CIRCUIT_STATES = ("closed", "open", "half_open")
+WRITE_PATHS = ("fast", "fallback", "idempotent")
 _MAX_REQUEST = 8192  # bytes of request head read before hanging up
 _REQUEST_TIMEOUT = 5.0
 
@@ -134,6 +138,11 @@ class LatencySink:
     @property
     def kind(self) -> str:
         return self.sink.kind
+
+    @property
+    def paths(self) -> object:
+        """The wrapped sink's write path counts (``None`` if it keeps none)."""
+        return getattr(self.sink, "paths", None)
 
     async def write(self, batch: Sequence[Any], /) -> int:
         new_rows = await self.sink.write(batch)
@@ -211,6 +220,7 @@ class StreamMetrics:
         for state in CIRCUIT_STATES:
             circuit.add_metric([*labels, state], float(h.circuit == state))
         yield circuit
+        yield from self._write_paths(names, labels, h.write_paths)
         yield self._latency(names, labels)
         for key, value in sorted(self.pipeline.provider_counters().items()):
             if key in PROVIDER_COUNTERS:
@@ -218,6 +228,21 @@ class StreamMetrics:
         records, quarantined = self._spool
         yield gauge("mdp_dlq_records", "records in the dead-letter spool", records)
         yield gauge("mdp_dlq_quarantined_records", "records quarantined by replay", quarantined)
+
+    @staticmethod
+    def _write_paths(
+        names: list[str], labels: list[str], counts: dict[str, int]
+    ) -> Iterator[CounterMetricFamily]:
+        """Committed batches and rows per write path (nothing for a sink without them)."""
+        if not counts:
+            return
+        for unit in ("batches", "rows"):
+            family = CounterMetricFamily(
+                f"mdp_write_{unit}", f"{unit} committed, per write path", labels=[*names, "path"]
+            )
+            for path in WRITE_PATHS:
+                family.add_metric([*labels, path], counts.get(f"{path}_{unit}", 0))
+            yield family
 
     def _latency(self, names: list[str], labels: list[str]) -> HistogramMetricFamily:
         family = HistogramMetricFamily(

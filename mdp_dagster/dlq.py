@@ -22,6 +22,7 @@ from dagster import OpExecutionContext
 from mdp_core.dlq import DeadLetterQueue, ReplayBusyError, ReplayResult
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink
+from mdp_core.store.write_path import WritePathPolicy
 from mdp_dagster.resources import DlqResource, StoreResource
 from mdp_dagster.streaming import ACTIVE_STATUSES
 
@@ -67,7 +68,11 @@ def replay_dlq(
 
         async def work(db: Database) -> ReplayResult:
             return await queue.replay(
-                [QuotesSink(db), BarsSink(db)],
+                # replayed records are often stored already: start idempotent
+                [
+                    QuotesSink(db, WritePathPolicy(start_idempotent=True)),
+                    BarsSink(db, WritePathPolicy(start_idempotent=True)),
+                ],
                 max_attempts=config.max_attempts,
                 batch_size=config.batch_size,
             )

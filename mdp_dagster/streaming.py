@@ -258,6 +258,7 @@ def _progress_metadata(
         "queue_depth": dg.MetadataValue.int(c["queue_depth"]),
         "channel_depth": dg.MetadataValue.int(c["channel_depth"]),
         "retries": dg.MetadataValue.int(c["retries"]),
+        "write_paths": dg.MetadataValue.json(c["write_paths"]),
         "circuit": str(c["circuit"]),
         "elapsed_s": dg.MetadataValue.float(float(c["elapsed_s"])),
         "dagster/last_updated_timestamp": dg.MetadataValue.timestamp(time.time()),

@@ -21,6 +21,7 @@ from benchmarks import (
     bench_memory,
     bench_read,
     bench_rollups,
+    bench_store,
 )
 from benchmarks.__main__ import BENCHMARKS, render, section, summary
 from benchmarks.common import RESULTS_DIR, markdown_table, percentile
@@ -105,6 +106,25 @@ async def test_import_run_measures_raw_import_and_live_on_the_same_bars(
     assert stored == sorted(row[:8] for row in rows)
 
 
+async def test_store_paths_write_every_row_once(fresh_dsn: str) -> None:
+    """Both raw paths, the coordinator on new and on duplicate rows (adaptive and held on
+    the idempotent path) and the profile: each measurement checks the table's row count and
+    that duplicates added nothing (``measure_coordinator`` raises otherwise)."""
+    quotes = bench_store.build_quotes(3_000)
+    rows = bench_store.QuotesSink.rows(quotes)
+    async with asyncio.timeout(120), Database.connect(fresh_dsn, max_size=3) as db:
+        await bench_store.QuotesSink(db).write(quotes[:10])
+        for path in bench_store.RAW_PATHS:
+            assert await bench_store.measure_raw(db, rows, 1_000, 2, path) > 0
+        r = await bench_store._coordinator_round(db, quotes, rows, 1_000, 2)
+        assert set(r) == {"new", "dup", "new_before", "dup_before", "raw"}
+        assert all(rate > 0 for rate in r.values())
+        prof = await bench_store.profile(db, quotes, 1_000, 1)
+    ns = prof["ns_per_record"]
+    assert {key for key, _ in bench_store.PROFILE_STAGES} == set(ns)
+    assert all(v > 0 for v in ns.values()) and prof["loop_ceiling_rows_per_s"] > 0
+
+
 async def test_backfill_run_stores_the_trading_minutes_at_ibs_pace(fresh_dsn: str) -> None:
     from datetime import UTC, datetime
 
@@ -141,7 +161,7 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 12 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 13 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")

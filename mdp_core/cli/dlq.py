@@ -108,11 +108,16 @@ async def _replay(
 ) -> ReplayResult:
     from mdp_core.store.database import Database
     from mdp_core.store.sinks import BarsSink, QuotesSink
+    from mdp_core.store.write_path import WritePathPolicy
 
     async with Database.connect() as db:
         with click.progressbar(length=total, label="replaying", file=sys.stderr) as bar:
             return await queue.replay(
-                [QuotesSink(db), BarsSink(db)],
+                # replayed records are often stored already: start idempotent
+                [
+                    QuotesSink(db, WritePathPolicy(start_idempotent=True)),
+                    BarsSink(db, WritePathPolicy(start_idempotent=True)),
+                ],
                 max_attempts=max_attempts,
                 batch_size=batch_size,
                 progress=bar.update,

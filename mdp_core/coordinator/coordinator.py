@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
@@ -56,7 +55,12 @@ from mdp_core.circuit import CircuitBreaker
 from mdp_core.coordinator.queue import CoordinatorClosedError, WorkQueue
 from mdp_core.coordinator.settings import CoordinatorSettings
 from mdp_core.coordinator.spooler import Spooler
-from mdp_core.coordinator.stats import CoordinatorState, CoordinatorStats
+from mdp_core.coordinator.stats import (
+    CommitRate,
+    CoordinatorState,
+    CoordinatorStats,
+    write_path_counts,
+)
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import ErrorInfo, error_info
 from mdp_core.logs import logger
@@ -68,7 +72,6 @@ from mdp_core.sink import Sink
 __all__ = ["WriteCoordinator"]
 
 T = TypeVar("T", bound=Record)
-_THROUGHPUT_WINDOW = 5.0  # seconds of history behind stats().throughput
 
 
 class WriteCoordinator(Generic[T]):
@@ -121,7 +124,7 @@ class WriteCoordinator(Generic[T]):
         self._restarts = 0
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
-        self._samples: deque[tuple[float, int]] = deque()
+        self._rate = CommitRate(clock)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class WriteCoordinator(Generic[T]):
             return
         self._set_state("running")
         self._queue.accepting = True
-        self._samples.append((self._clock(), 0))
+        self._rate.start()
         for wid in range(self.settings.workers):
             self._spawn(wid, 0.0)
         logger.debug(
@@ -444,16 +447,8 @@ class WriteCoordinator(Generic[T]):
     def _record_commit(self, n: int, new_rows: int) -> None:
         self._committed += n
         self._new_rows += new_rows
-        self._samples.append((self._clock(), self._committed))
-        self._prune_samples()
+        self._rate.note(self._committed)
         self._check_idle()
-
-    def _prune_samples(self) -> None:
-        """Keep the samples of the throughput window, plus the last one before it."""
-        samples = self._samples
-        cutoff = self._clock() - _THROUGHPUT_WINDOW
-        while len(samples) > 1 and samples[1][0] <= cutoff:
-            samples.popleft()
 
     def _pending(self) -> int:
         q = self._queue
@@ -472,17 +467,6 @@ class WriteCoordinator(Generic[T]):
         info = error_info(exc)
         self._last_error = f"{info.type}: {info.message}"
         self._last_error_at = datetime.now(UTC)
-
-    def _throughput(self) -> float:
-        """Items committed per second over the last ``_THROUGHPUT_WINDOW`` seconds."""
-        self._prune_samples()
-        if not self._samples:
-            return 0.0
-        now = self._clock()
-        t0, c0 = self._samples[0]
-        t0 = max(t0, now - _THROUGHPUT_WINDOW)  # no commit between the sample and t0
-        span = now - t0
-        return (self._committed - c0) / span if span > 0 else 0.0
 
     def stats(self) -> CoordinatorStats:
         """A snapshot of the state, counters and recent throughput."""
@@ -507,10 +491,11 @@ class WriteCoordinator(Generic[T]):
             workers_alive=sum(1 for t in self._tasks.values() if not t.done()),
             worker_restarts=self._restarts,
             blocked_producers=q.blocked,
-            throughput=self._throughput(),
+            throughput=self._rate.rate(self._committed),
             high_watermark=q.high,
             last_error=self._last_error,
             last_error_at=self._last_error_at,
+            write_paths=write_path_counts(self.sink),
         )
 
     def __repr__(self) -> str:

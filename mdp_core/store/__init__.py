@@ -13,6 +13,7 @@ __all__ = [
     "EmbeddedServer",
     "LockHeldError",
     "QuotesSink",
+    "WritePathPolicy",
     "aread_bars",
     "aread_quotes",
     "export_bars",
@@ -29,6 +30,7 @@ _WHERE = {
     "LockHeldError": "mdp_core.store.database",
     "QuotesSink": "mdp_core.store.sinks",
     "BarsSink": "mdp_core.store.sinks",
+    "WritePathPolicy": "mdp_core.store.write_path",
     "EmbeddedServer": "mdp_core.store.embedded",
     "rollup_bars": "mdp_core.store.rollups",
     "fetch_bars": "mdp_core.store.rollups",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from mdp_core.store.read import aread_bars, aread_quotes, read_bars, read_quotes
     from mdp_core.store.rollups import fetch_bars, rollup_bars
     from mdp_core.store.sinks import BarsSink, QuotesSink
+    from mdp_core.store.write_path import WritePathPolicy
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,18 @@
 """Sinks: write batches of Quote / Bar records to ``mdp.quotes`` / ``mdp.bars``.
 
-Each batch is one transaction on a pooled connection: binary COPY into the connection's TEMP
-staging table, then ``INSERT INTO mdp.<table> SELECT ... FROM stage ON CONFLICT DO NOTHING``.
+A batch is written one of two ways (``mdp_core.store.write_path``), each one transaction on
+a pooled connection:
+
+- fast: binary COPY straight into ``mdp.<table>``. When a key of the batch is stored already
+  (or the batch holds a key twice) PostgreSQL refuses the COPY with a unique violation
+  (SQLSTATE 23505), the transaction rolls back, and the same batch is written the idempotent
+  way in a new transaction (a fallback);
+- idempotent: binary COPY into the connection's TEMP staging table, then
+  ``INSERT INTO mdp.<table> SELECT ... FROM stage ON CONFLICT DO NOTHING`` (and the replace
+  of ``partial`` bars).
+
+A ``WritePathPolicy`` picks the way per batch: after a conflict the sink stays on the
+idempotent path for a while. ``paths`` counts the committed batches and rows of each way.
 
 Guarantees (G1, effectively once, with the coordinator's at-least-once retries):
 - a batch is committed entirely or not at all: when ``write`` raises, none of its rows is
@@ -31,6 +42,7 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 
 from mdp_core.models import Bar, Quote
 from mdp_core.store.database import STAGE_TABLES
+from mdp_core.store.write_path import WritePath, WritePathCounts, WritePathPolicy
 
 if TYPE_CHECKING:
     from mdp_core.store.database import Database
@@ -44,7 +56,11 @@ _ts = attrgetter("ts")
 
 class TableSink(Generic[R]):
     """Writes batches of one record type to one partitioned table (see the module's
-    guarantees). Use as ``async with QuotesSink(db) as sink: await sink.write(batch)``."""
+    guarantees). Use as ``async with QuotesSink(db) as sink: await sink.write(batch)``.
+
+    ``policy`` picks the write path of each batch (default: a ``WritePathPolicy()`` that
+    tries the fast path first; pass ``WritePathPolicy(start_idempotent=True)`` for rows
+    that are likely stored already, as DLQ replay and backfills do)."""
 
     kind: ClassVar[str]
     table: ClassVar[str]
@@ -55,8 +71,10 @@ class TableSink(Generic[R]):
     _insert_sql: ClassVar[str]
     _replace_sql: ClassVar[str | None] = None  # run when the INSERT met conflicts
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, policy: WritePathPolicy | None = None) -> None:
         self.db = db
+        self.policy = policy if policy is not None else WritePathPolicy()
+        self.paths = WritePathCounts()
         self._stage = STAGE_TABLES[self.table]
 
     async def __aenter__(self) -> Self:
@@ -85,8 +103,8 @@ class TableSink(Generic[R]):
     async def write(self, batch: Sequence[R]) -> int:
         """Store ``batch`` in one transaction; return how many rows were new.
 
-        All or nothing, idempotent on the natural key (see the module docstring). An empty
-        batch returns 0 without touching the database."""
+        All or nothing, idempotent on the natural key (see the module docstring), whichever
+        way it goes in. An empty batch returns 0 without touching the database."""
         if not batch:
             return 0
         rows = self.rows(batch)
@@ -94,7 +112,7 @@ class TableSink(Generic[R]):
         async with self.db.pool.acquire() as conn:
             await self.db.ensure_partitions(self.table, days, conn=conn)
             try:
-                return await self._copy_insert(conn, rows)
+                return await self._write_rows(conn, rows)
             except asyncpg.CheckViolationError as exc:
                 if exc.constraint_name is not None:
                     raise  # a row broke a CHECK constraint: a data error for the caller
@@ -102,28 +120,61 @@ class TableSink(Generic[R]):
                 # knew was dropped meanwhile (retention elsewhere). Recreate it, once.
                 self.db.forget_partitions(self.table)
                 await self.db.ensure_partitions(self.table, days, conn=conn)
-                return await self._copy_insert(conn, rows)
+                return await self._write_rows(conn, rows)
+
+    async def _write_rows(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> int:
+        """The fast path if the policy allows it, else (or on a conflict) the idempotent one;
+        the path taken is counted once the batch is committed."""
+        path: WritePath = "idempotent"
+        if self.policy.use_fast():
+            try:
+                async with conn.transaction():
+                    await self._copy(conn, self.table, rows, schema="mdp")
+            except asyncpg.UniqueViolationError:
+                self.policy.conflict()
+                path = "fallback"
+            else:
+                self.policy.fast_ok()
+                self.paths.add("fast", len(rows))
+                return len(rows)
+        new = await self._copy_insert(conn, rows)
+        self.paths.add(path, len(rows))
+        return new
 
     async def _copy_insert(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> int:
+        """The idempotent path: COPY into the stage, INSERT ... ON CONFLICT DO NOTHING."""
         async with conn.transaction():
-            try:
-                await conn.copy_records_to_table(self._stage, records=rows, columns=self.columns)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError):
-                raise
-            except (TypeError, ValueError, OverflowError) as exc:
-                # asyncpg reports a value it cannot encode for COPY as a bare TypeError;
-                # raise it as the client-side data error it is (like asyncpg does for
-                # query arguments) so callers classify it as bad data, not a bug.
-                raise ClientDataError(
-                    f"a value of the batch cannot be stored in mdp.{self.table}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+            await self._copy(conn, self._stage, rows)
             status = await conn.execute(self._insert_sql)
             new = int(status.rpartition(" ")[2])  # "INSERT 0 <n>"
             if new < len(rows) and self._replace_sql is not None:
                 status = await conn.execute(self._replace_sql)
                 new += int(status.rpartition(" ")[2])  # "UPDATE <n>"
         return new
+
+    async def _copy(
+        self,
+        conn: asyncpg.Connection,
+        table: str,
+        rows: list[tuple[Any, ...]],
+        schema: str | None = None,
+    ) -> None:
+        """Binary COPY of ``rows`` into ``table``; a value that cannot be encoded raises
+        asyncpg's client-side ``DataError``."""
+        try:
+            await conn.copy_records_to_table(
+                table, records=rows, columns=self.columns, schema_name=schema
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError):
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            # asyncpg reports a value it cannot encode for COPY as a bare TypeError;
+            # raise it as the client-side data error it is (like asyncpg does for
+            # query arguments) so callers classify it as bad data, not a bug.
+            raise ClientDataError(
+                f"a value of the batch cannot be stored in mdp.{self.table}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def days(self, batch: Sequence[R]) -> set[date]:
         """The UTC days the batch's rows fall in (one partition each)."""

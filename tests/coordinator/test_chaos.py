@@ -70,6 +70,36 @@ async def test_t5_cut_mid_copy_is_retried_and_never_partial(
             await db.close()
 
 
+async def test_t5_a_cut_on_the_fast_path_loses_nothing_and_duplicates_nothing(
+    pg_server: EmbeddedServer, fresh_dsn: str, tmp_path: Path
+) -> None:
+    """The cut hits the direct COPY into mdp.quotes (the fast path, the sink's default for
+    new keys): the cut batch is rolled back, retried, and every row is stored once."""
+    items = quotes(20_000)
+    async with asyncio.timeout(60), chaos_proxy(socket_of(pg_server)) as proxy:
+        db = await proxied_database(proxy, fresh_dsn, command_timeout=5)
+        try:
+            dlq = DeadLetterQueue(tmp_path / "dlq")
+            settings = CoordinatorSettings(workers=1, batch_size=5_000, flush_interval=0)
+            policy = RetryPolicy(max_attempts=5, initial_backoff=0.01)
+            sink = QuotesSink(db)
+            async with WriteCoordinator(sink, settings, policy, dlq=dlq) as coord:
+                proxy.set_mode("close_after", n=700_000)  # the second batch's COPY
+                await coord.submit_many(items)
+                await coord.drain()
+                h = coord.stats()
+            assert proxy.cuts == 1
+            assert h.retries >= 1 and (h.committed, h.dead_lettered) == (20_000, 0)
+            assert h.new_rows == 20_000
+            # nothing of the cut COPY was stored: its retry went in fast, without a conflict
+            assert (sink.paths.fast_rows, sink.paths.fallback_batches) == (20_000, 0)
+            keys, total = await table_keys(db)
+            assert keys == {q.key for q in items} and total == 20_000
+            assert dlq.count() == 0
+        finally:
+            await db.close()
+
+
 async def test_t5_a_cut_batch_is_entirely_absent(
     pg_server: EmbeddedServer, fresh_dsn: str, tmp_path: Path
 ) -> None:

@@ -50,9 +50,8 @@ async def scrape(port: int) -> dict[str, float] | None:
         for sample in family.samples:
             assert sample.labels["stream"] == "ibkr-quotes"
             assert (sample.labels["provider"], sample.labels["mode"]) == ("ibkr", "quotes")
-            key = sample.name + (
-                f"{{{sample.labels['policy']}}}" if "policy" in sample.labels else ""
-            )
+            label = sample.labels.get("policy", sample.labels.get("path"))
+            key = sample.name + (f"{{{label}}}" if label is not None else "")
             values[key] = sample.value
     return values
 
@@ -109,6 +108,12 @@ async def test_scraped_counters_match_the_summary_and_the_table(
     dropped = {k[len("mdp_stream_dropped_total{") : -1]: v for k, v in now.items()
                if k.startswith("mdp_stream_dropped_total{")}  # fmt: skip
     assert final["dropped"] == dropped
+    # every committed quote went in by one write path (live quotes: the fast one)
+    paths = ("fast", "fallback", "idempotent")
+    assert sum(now[f"mdp_write_rows_total{{{p}}}"] for p in paths) == final["committed"]
+    assert now["mdp_write_rows_total{fast}"] > 0
+    for p in paths:
+        assert now[f"mdp_write_batches_total{{{p}}}"] == final["write_paths"][f"{p}_batches"]
     assert now["mdp_provider_connects_total"] == 1
     assert now["mdp_provider_reconnects_total"] == 0
     # ground truth: every quote the stream received came from a tick burst the gateway sent

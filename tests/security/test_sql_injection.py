@@ -311,7 +311,9 @@ ALLOWED = {
     # STAGE_TABLES values)
     ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._insert_sql"),
     ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._replace_sql"),
-    ("mdp_core/store/sinks.py", "TableSink._copy_insert", "self._stage"),
+    # the COPY target: the class constant ``table`` ("quotes" / "bars", in schema "mdp",
+    # the fast path) or the STAGE_TABLES value ``self._stage`` (the idempotent path)
+    ("mdp_core/store/sinks.py", "TableSink._copy", "table"),
     # the same constants, taken from the sink classes by the bulk writer (mdp import)
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._insert_sql"),
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._stage"),

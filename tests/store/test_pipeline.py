@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,10 @@ async def test_runs_until_max_seconds_then_drains_and_balances(fresh_dsn: str) -
         )
         assert beats, "heartbeats are written"
         assert '"state": "finished"' in beats[-1]["counters"]
+        # the write paths are counted with the rest: new keys all went in by direct COPY
+        paths = json.loads(beats[-1]["counters"])["write_paths"]
+        assert paths["fast_rows"] == stats.received and paths["fast_batches"] >= 1
+        assert paths["fallback_rows"] == paths["idempotent_rows"] == 0
 
 
 async def test_request_stop_drains_everything_in_flight(fresh_dsn: str) -> None:
