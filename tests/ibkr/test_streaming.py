@@ -13,8 +13,8 @@ from mdp_core import IBKRSettings, ProviderRegistry, RuntimeOrchestrator
 from mdp_core.gateway import SimulatedGateway, aggregate_bars
 from mdp_core.models import Bar, Quote
 from mdp_core.providers.base import ProviderError
-from mdp_core.providers.ibkr import IBKRStreamSource
-from mdp_core.providers.ibkr.source import _SPLIT
+from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
+from mdp_core.providers.ibkr.flow import _SPLIT
 from tests.ibkr.helpers import (
     TIMEOUT,
     Collector,
@@ -222,7 +222,7 @@ async def test_a_connected_ib_is_used_and_left_connected(gw: SimulatedGateway) -
         await ib.connectAsync("127.0.0.1", gw.port, clientId=77, timeout=5)
         try:
             source = IBKRStreamSource(
-                ["SPY"], mode="quotes", provider=ib, market_open=always_open,
+                ["SPY"], mode="quotes", provider=ib, options=IBKROptions(market_open=always_open),
                 ibkr_settings=IBKRSettings(port=1),  # ignored: the IB is connected
             )  # fmt: skip
             await source.start()
@@ -242,7 +242,7 @@ def test_bar_resolution_must_come_from_5s_bars() -> None:
     with pytest.raises(ValueError, match=r"'1s' is not possible.*multiple of 5s"):
         IBKRStreamSource(["AAPL"], mode="bars", bar_resolution="1s")
     with pytest.raises(ValueError, match=r"what_to_show 'VOLUME' is invalid"):
-        IBKRStreamSource(["AAPL"], mode="bars", what_to_show="VOLUME")
+        IBKRStreamSource(["AAPL"], mode="bars", options=IBKROptions(what_to_show="VOLUME"))
 
 
 def test_too_many_symbols_for_one_connection() -> None:
