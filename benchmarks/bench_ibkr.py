@@ -178,7 +178,7 @@ async def measure_streams(
         "gateway_cpu": gateway_cpu,
         "connections": len(streams),
         "symbols": sum(len(names) for _, names in streams),
-        "invalid": sum(s["invalid"] for s in stats),
+        "rejected": sum(s["invalid"] for s in stats),  # updates left out as invalid
         "reconnects": sum(s["reconnects"] for s in stats),
         "seconds": wall,
     }
@@ -227,7 +227,7 @@ def measure_processes(
         "gateway_cpu": gateway_cpu,
         "connections": len(results),
         "symbols": n_symbols,
-        "invalid": sum(r["invalid"] for r in results),
+        "rejected": sum(r["rejected"] for r in results),
         "reconnects": sum(r["reconnects"] for r in results),
         "seconds": max(r["seconds"] for r in results),
     }
@@ -293,7 +293,7 @@ async def measure_client_path(n_symbols: int, seconds: float) -> dict[str, Any]:
         "gateway_cpu": None,
         "connections": 1,
         "symbols": n_symbols,
-        "invalid": source.stats()["invalid"],
+        "rejected": source.stats()["invalid"],
         "reconnects": 0,
         "seconds": wall,
     }
@@ -363,7 +363,7 @@ def run(quick: bool = False, runs: int | None = None) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     target = result["target_quotes_per_s_50_symbols"]
     headers = ["scenario", "gateway", "quotes/s", "x target", "TWS msgs/s", "msgs/quote",
-               "client CPU", "quotes/CPU-s", "gateway CPU", "invalid"]  # fmt: skip
+               "client CPU", "quotes/CPU-s", "gateway CPU", "rejected"]  # fmt: skip
     rows = [
         (
             s["scenario"],
@@ -375,7 +375,7 @@ def table(result: dict[str, Any]) -> str:
             f"{s['client_cpu']:.0%}",
             f"{s['quotes_per_cpu_s']:,.0f}",
             "-" if s["gateway_cpu"] is None else f"{s['gateway_cpu']:.0%}",
-            s["invalid"],
+            s["rejected"],
         )
         for s in result["scenarios"]
     ]
