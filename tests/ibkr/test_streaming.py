@@ -13,7 +13,7 @@ from mdp_core import IBKRSettings, ProviderRegistry, RuntimeOrchestrator
 from mdp_core.gateway import SimulatedGateway, aggregate_bars
 from mdp_core.models import Bar, Quote
 from mdp_core.providers.base import ProviderError
-from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
+from mdp_core.providers.ibkr import IBAsyncProvider, IBKROptions, IBKRStreamSource
 from mdp_core.providers.ibkr.flow import _SPLIT
 from tests.ibkr.helpers import (
     TIMEOUT,
@@ -250,3 +250,38 @@ def test_too_many_symbols_for_one_connection() -> None:
     with pytest.raises(ValueError, match=r"101 symbols .* limit is 100 .* several streams"):
         IBKRStreamSource(symbols, mode="quotes")
     IBKRStreamSource(symbols[:100], mode="quotes")  # 100 fit
+
+
+async def test_the_default_provider_streams_on_its_own(gw: SimulatedGateway) -> None:
+    """``IBAsyncProvider`` in the provider-object shape: ``stream_quotes`` and
+    ``stream_bars`` yield the gateway's data; leaving the iteration or ``close()`` stops
+    the client and leaves no session behind."""
+    provider = IBAsyncProvider(settings_for(gw), IBKROptions(market_open=always_open))
+    async with asyncio.timeout(TIMEOUT):
+        quotes: list[Quote] = []
+        async for quote in provider.stream_quotes(["AAPL", "msft"]):
+            quotes.append(quote)
+            if len(quotes) == 10:
+                break
+        bars = provider.stream_bars(["SPY"], "5s")
+        first_bar = await anext(bars)
+        await provider.close()  # the open bar stream ends after what it received
+        rest = [bar async for bar in bars]
+        await pumps_until(gw, lambda: gw.sessions() == [])
+    assert {q.symbol for q in quotes} <= {"AAPL", "MSFT"} and len(quotes) == 10
+    assert all(isinstance(q, Quote) and q.source == "ibkr" for q in quotes)
+    assert isinstance(first_bar, Bar) and first_bar.symbol == "SPY"
+    assert all(b.symbol == "SPY" and b.ts > first_bar.ts for b in rest)
+
+
+async def test_a_default_provider_object_takes_the_push_path(gw: SimulatedGateway) -> None:
+    provider = IBAsyncProvider(settings_for(gw), IBKROptions(market_open=always_open))
+    async with asyncio.timeout(TIMEOUT):
+        source = IBKRStreamSource(["AAPL"], mode="quotes", provider=provider)
+        await source.start()
+        assert source.ib is not None and source.ib.isConnected()  # its own ib_async client
+        got = Collector(source)
+        await got.wait_for(gw, lambda: got.count("AAPL") >= 3)
+        records = await got.finish()
+    stats = source.stats()
+    assert stats["connects"] == 1 and stats["received"] == len(records)
