@@ -11,6 +11,7 @@ from typing import Any
 from mdp_core.gateway import SimTick, SimulatedGateway
 from mdp_core.models import Bar, Quote, Record
 from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
+from mdp_core.providers.ibkr.compat import load_ib_library
 from mdp_core.settings import IBKRSettings
 
 TIMEOUT = 30  # seconds; every test is bounded with asyncio.timeout
@@ -34,6 +35,11 @@ def settings_for(gw: SimulatedGateway, client_id: int | None = None, **kw: Any) 
     }
     values.update(kw)
     return IBKRSettings(**values)
+
+
+def new_ib() -> Any:
+    """A new ``IB`` of the client library the source uses (ib_async, else ib_insync)."""
+    return load_ib_library().IB()
 
 
 def always_open(now: Any) -> bool:
@@ -117,6 +123,7 @@ __all__ = [
     "Collector",
     "always_open",
     "make_source",
+    "new_ib",
     "next_client_id",
     "pumps_until",
     "quote_values",

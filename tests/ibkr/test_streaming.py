@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 
 import pytest
-from ib_async import IB
 
 from mdp_core import IBKRSettings, ProviderRegistry, RuntimeOrchestrator
 from mdp_core.gateway import SimulatedGateway, aggregate_bars
@@ -20,6 +19,7 @@ from tests.ibkr.helpers import (
     Collector,
     always_open,
     make_source,
+    new_ib,
     pumps_until,
     quote_values,
     settings_for,
@@ -218,7 +218,7 @@ async def test_registry_builds_it_and_runtime_streams_it(gw: SimulatedGateway) -
 
 async def test_a_connected_ib_is_used_and_left_connected(gw: SimulatedGateway) -> None:
     async with asyncio.timeout(TIMEOUT):
-        ib = IB()
+        ib = new_ib()
         await ib.connectAsync("127.0.0.1", gw.port, clientId=77, timeout=5)
         try:
             source = IBKRStreamSource(

@@ -101,6 +101,7 @@ class IBClient:
         st.state = "connecting"
         st.edge = edge
         self._close_edge = close_edge
+        self.lib.bind_loop()
         try:
             if st.ib is None:
                 st.ib = self.lib.IB()
