@@ -285,3 +285,10 @@ async def test_a_default_provider_object_takes_the_push_path(gw: SimulatedGatewa
         records = await got.finish()
     stats = source.stats()
     assert stats["connects"] == 1 and stats["received"] == len(records)
+
+
+def test_a_provider_it_cannot_use_is_named() -> None:
+    with pytest.raises(ValueError, match=r"provider 'ib': expected None, an ib_async IB"):
+        IBKRStreamSource(["AAPL"], provider="ib")
+    with pytest.raises(ValueError, match=r"brings its own settings and options"):
+        IBKRStreamSource(["AAPL"], provider=IBAsyncProvider(), options=IBKROptions())

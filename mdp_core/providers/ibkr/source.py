@@ -95,6 +95,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         *,
         options: IBKROptions | None = None,
     ) -> None:
+        _check_provider(provider, ibkr_settings, options)
         injected = provider is not None and is_provider_object(provider)
         injected = injected and not isinstance(provider, IBAsyncProvider)
         # An injected object delivers the stream's own resolution; IB delivers 5-second bars.
@@ -227,3 +228,21 @@ class IBKRStreamSource(ProviderSource[Record]):
         if isinstance(self._feed, ProviderFeed):
             return f"provider {type(self._feed.provider).__name__}"
         return f"{self.host}:{self.port} client {self.client_id}"
+
+
+def _check_provider(provider: Any, settings: Any, options: Any) -> None:
+    """``ValueError`` for a ``provider=`` the source cannot use, naming it."""
+    if isinstance(provider, IBAsyncProvider):
+        if settings is not None or options is not None:
+            raise ValueError(
+                "provider=IBAsyncProvider(...) brings its own settings and options: pass "
+                "ibkr_settings= and options= to it, not to IBKRStreamSource"
+            )
+        return
+    if provider is None or is_provider_object(provider) or hasattr(provider, "connectAsync"):
+        return
+    raise ValueError(
+        f"provider {provider!r}: expected None, an ib_async IB, an IBAsyncProvider, or an "
+        "object with async stream_quotes(instruments), stream_bars(instruments, resolution) "
+        "and close()"
+    )
