@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import inspect
 import json
 import re
 import subprocess
@@ -54,16 +53,14 @@ import psutil
 from benchmarks.common import machine, markdown_table, now_iso, quiet_logging, write_json
 from mdp_core.gateway import SimTick, SimulatedGateway
 from mdp_core.gateway.protocol import tick_frames
-from mdp_core.providers.ibkr import IBKRStreamSource
+from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
 from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.runtime import RuntimeOrchestrator
 from mdp_core.settings import IBKRSettings
 
 TARGET_QUOTES_PER_S = 20_000
 #: The source's default ``read_chunk`` (what production uses).
-DEFAULT_READ_CHUNK: int | None = (
-    inspect.signature(IBKRStreamSource).parameters["read_chunk"].default
-)
+DEFAULT_READ_CHUNK: int | None = IBKROptions().read_chunk
 _LISTENING = re.compile(r"simulated IB Gateway on ([\d.]+):(\d+)")
 
 
@@ -139,7 +136,7 @@ async def measure_streams(
     sources: list[IBKRStreamSource] = []
 
     def build(**kwargs: Any) -> IBKRStreamSource:
-        source = IBKRStreamSource(**kwargs)
+        source = IBKRStreamSource.from_config(**kwargs)
         sources.append(source)
         return source
 
@@ -181,7 +178,7 @@ async def measure_streams(
         "gateway_cpu": gateway_cpu,
         "connections": len(streams),
         "symbols": sum(len(names) for _, names in streams),
-        "rejected": sum(s["rejected"] for s in stats),
+        "rejected": sum(s["invalid"] for s in stats),  # updates left out as invalid
         "reconnects": sum(s["reconnects"] for s in stats),
         "seconds": wall,
     }
@@ -257,7 +254,7 @@ async def measure_client_path(n_symbols: int, seconds: float) -> dict[str, Any]:
     async with SimulatedGateway(names, port=0, tick_interval=0.05) as gw:
         source = IBKRStreamSource(
             names, ibkr_settings=IBKRSettings(port=gw.port, client_id=1),
-            market_open=lambda now: True,
+            options=IBKROptions(market_open=lambda now: True),
         )  # fmt: skip
         registry = ProviderRegistry(entry_points=False)
         registry.register("ibkr", lambda **kw: source, replace=True)
@@ -283,7 +280,7 @@ async def measure_client_path(n_symbols: int, seconds: float) -> dict[str, Any]:
                 feed(reads[i % len(reads)])
                 i += 1
                 await asyncio.sleep(0)  # let the runtime pump and the consumer run
-            while received < source.stats()["emitted"]:  # noqa: ASYNC110 (yield until drained)
+            while received < source.stats()["received"]:  # noqa: ASYNC110 (yield until drained)
                 await asyncio.sleep(0)
             wall = time.perf_counter() - wall0
             cpu = (time.process_time() - cpu0) / wall
@@ -296,7 +293,7 @@ async def measure_client_path(n_symbols: int, seconds: float) -> dict[str, Any]:
         "gateway_cpu": None,
         "connections": 1,
         "symbols": n_symbols,
-        "rejected": source.stats()["rejected"],
+        "rejected": source.stats()["invalid"],
         "reconnects": 0,
         "seconds": wall,
     }

@@ -320,7 +320,7 @@ class InProcessStream:
         self._task: asyncio.Task[PipelineStats] | None = None
 
     def _build(self, **kwargs: Any) -> ProviderSource:
-        self.source = IBKRStreamSource(ibkr_settings=self._settings, **kwargs)
+        self.source = IBKRStreamSource.from_config(ibkr_settings=self._settings, **kwargs)
         return TappedSource(self.source, self.tap, self.gw.now)
 
     @property

@@ -14,7 +14,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mdp_core", "mdp_dagster")
-SKIP_DIRS = {".git", ".venv", ".mdp", ".hypothesis", ".ruff_cache", ".mypy_cache", "__pycache__"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    ".venv-ib-insync",
+    ".mdp",
+    ".hypothesis",
+    ".ruff_cache",
+    ".mypy_cache",
+    "__pycache__",
+}
 MAX_CLASS_LINES = 450
 MAX_FUNCTION_LINES = 80
 

@@ -59,7 +59,7 @@ def _ibkr(**kwargs: Any) -> ProviderSource:
             "pip install 'mdp[ibkr]' (it needs ib_async), or use another provider: "
             "'synthetic' (generated data) or 'replay' (a CSV/Parquet/JSON file)"
         ) from exc
-    return IBKRStreamSource(**kwargs)
+    return IBKRStreamSource.from_config(**kwargs)
 
 
 _BUILTINS: dict[str, ProviderFactory] = {

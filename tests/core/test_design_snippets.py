@@ -156,3 +156,58 @@ async def test_registry_snippet() -> None:
     assert src.symbols == ["AAPL"] and src.mode == "quotes" and src.state == "new"
     assert (src.host, src.port, src.client_id) == ("127.0.0.1", 7497, 1)
     assert src.stats()["connects"] == 0
+
+
+class MyProviderObject:
+    """A provider object in the documented shape: async ``stream_quotes(instruments)``,
+    ``stream_bars(instruments, resolution)`` and ``close()``; one thing it yields is not a
+    record (bad input: left out, counted, the rest flows)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.asked: list[tuple[str, ...]] = []
+
+    async def stream_quotes(self, instruments: list[str]) -> AsyncIterator[object]:
+        self.asked.append(tuple(instruments))
+        for i, symbol in enumerate(instruments):
+            yield Quote(symbol, START + timedelta(seconds=i), bid=10.0, ask=10.5, source="mine")
+        yield {"symbol": "AAPL", "bid": 10.0}  # not a Quote
+
+    async def stream_bars(self, instruments: list[str], resolution: str) -> AsyncIterator[Bar]:
+        self.asked.append((*instruments, resolution))
+        for symbol in instruments:
+            yield Bar(symbol, START, 10.0, 11.0, 9.5, 10.5, 100.0, resolution, source="mine")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_ibkr_source_with_a_provider_object_snippet() -> None:
+    my_provider_object = MyProviderObject()
+    async with asyncio.timeout(30):
+        src = IBKRStreamSource(symbols=["AAPL"], mode="quotes", provider=my_provider_object)
+        async with src:
+            records = [record async for record in src.stream()]
+    assert records == [Quote("AAPL", START, bid=10.0, ask=10.5, source="mine")]
+    assert my_provider_object.asked == [("AAPL",)] and my_provider_object.closed
+    assert src.edge is not None and src.state == "stopped"
+    received, dropped = src.edge.received, dict(src.edge.dropped)
+    assert received == 2 and dropped == {"invalid": 1}
+    assert received == len(records) + sum(dropped.values())  # the accounting balances
+    assert src.stats()["invalid"] == 1
+
+
+async def test_ibkr_source_with_a_provider_object_through_the_runtime() -> None:
+    my_provider_object = MyProviderObject()
+    registry = ProviderRegistry()
+    registry.register(
+        "mine", lambda **kw: IBKRStreamSource(provider=my_provider_object, **kw), replace=True
+    )
+    async with asyncio.timeout(30), RuntimeOrchestrator(registry=registry) as rt:
+        ch = await rt.bars_to_channel(symbols=["AAPL", "MSFT"], resolution="1m", provider="mine")
+        bars = [bar async for bar in ch.iter()]
+        (stats,) = rt.stats().values()
+    assert [(b.symbol, b.resolution) for b in bars] == [("AAPL", "1m"), ("MSFT", "1m")]
+    assert my_provider_object.asked == [("AAPL", "MSFT", "1m")]  # asked at the stream's own
+    assert stats.state != "failed"
+    assert stats.received == len(bars) + sum(stats.dropped.values()) == 2

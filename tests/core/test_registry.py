@@ -134,6 +134,10 @@ def test_ibkr_module_is_imported_only_when_built(monkeypatch: pytest.MonkeyPatch
             built.append(kwargs)
             super().__init__(kwargs["symbols"])  # type: ignore[arg-type]
 
+        @classmethod
+        def from_config(cls, **kwargs: object) -> IBKRStreamSource:  # what the registry calls
+            return cls(**kwargs)
+
     module = types.ModuleType("mdp_core.providers.ibkr")
     module.IBKRStreamSource = IBKRStreamSource  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mdp_core.providers.ibkr", module)

@@ -10,7 +10,8 @@ from typing import Any
 
 from mdp_core.gateway import SimTick, SimulatedGateway
 from mdp_core.models import Bar, Quote, Record
-from mdp_core.providers.ibkr import IBKRStreamSource
+from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
+from mdp_core.providers.ibkr.compat import load_ib_library
 from mdp_core.settings import IBKRSettings
 
 TIMEOUT = 30  # seconds; every test is bounded with asyncio.timeout
@@ -36,15 +37,25 @@ def settings_for(gw: SimulatedGateway, client_id: int | None = None, **kw: Any) 
     return IBKRSettings(**values)
 
 
+def new_ib() -> Any:
+    """A new ``IB`` of the client library the source uses (ib_async, else ib_insync)."""
+    return load_ib_library().IB()
+
+
 def always_open(now: Any) -> bool:
     """The simulated gateway trades around the clock."""
     return True
 
 
 def make_source(gw: SimulatedGateway, symbols: list[str], mode: str, **kw: Any) -> IBKRStreamSource:
+    """A source on ``gw``; ``kw``: ``IBKRStreamSource`` arguments and ``IBKROptions`` fields
+    (the market is always open unless ``market_open`` says otherwise)."""
     settings = kw.pop("ibkr_settings", None) or settings_for(gw)
-    kw.setdefault("market_open", always_open)
-    return IBKRStreamSource(symbols, mode=mode, ibkr_settings=settings, **kw)
+    source_args = {k: kw.pop(k) for k in ("bar_resolution", "provider") if k in kw}
+    options = IBKROptions(**{"market_open": always_open, **kw})
+    return IBKRStreamSource(
+        symbols, mode=mode, ibkr_settings=settings, options=options, **source_args
+    )
 
 
 class Collector:
@@ -112,6 +123,7 @@ __all__ = [
     "Collector",
     "always_open",
     "make_source",
+    "new_ib",
     "next_client_id",
     "pumps_until",
     "quote_values",

@@ -14,6 +14,7 @@ import pytest
 from mdp_core.backfill import Backfill, BackfillResult, subtract_spans
 from mdp_core.calendars import open_intervals
 from mdp_core.gateway import SimulatedGateway
+from mdp_core.providers.ibkr.compat import load_ib_library
 from mdp_core.providers.ibkr.pacing import PacingRules
 from mdp_core.store.database import Database
 from tests.ibkr.helpers import settings_for
@@ -189,14 +190,13 @@ class ManualClock:
 
 
 async def test_a_pacing_violation_from_elsewhere_backs_off_and_retries(db: Database) -> None:
-    from ib_async import IB, Stock
-
+    lib = load_ib_library()  # ib_async, else ib_insync
     clock = ManualClock()
     async with SimulatedGateway(symbols=["AAPL"], port=0, seed=9, start=START, clock=clock) as gw:
         # another client just made the very request the backfill will make
-        ib = IB()
+        ib = lib.IB()
         await ib.connectAsync("127.0.0.1", gw.port, clientId=99)
-        (aapl,) = await ib.qualifyContractsAsync(Stock("AAPL", "SMART", "USD"))
+        (aapl,) = await ib.qualifyContractsAsync(lib.Stock("AAPL", "SMART", "USD"))
         close = datetime(2024, 1, 2, 21, tzinfo=UTC)  # the session's end: what the backfill asks
         await ib.reqHistoricalDataAsync(
             aapl, close, "23400 S", "1 min", "TRADES", True, formatDate=2

@@ -9,7 +9,6 @@ import socket
 from pathlib import Path
 
 import pytest
-from ib_async import IB
 
 from mdp_core import CoordinatorSettings, DeadLetterQueue, RetryPolicy, WriteCoordinator
 from mdp_core.gateway import SimulatedGateway
@@ -22,6 +21,7 @@ from tests.ibkr.helpers import (
     TIMEOUT,
     Collector,
     make_source,
+    new_ib,
     pumps_until,
     quote_values,
     settings_for,
@@ -186,7 +186,7 @@ async def test_watchdog_resubscribes_after_a_longer_silence(gw: SimulatedGateway
 
 async def test_duplicate_client_id_fails_fast_and_clearly(gw: SimulatedGateway) -> None:
     async with asyncio.timeout(TIMEOUT):  # connect_timeout is 60 s: a hang would show
-        ib = IB()
+        ib = new_ib()
         await ib.connectAsync("127.0.0.1", gw.port, clientId=5, timeout=5)
         try:
             source = make_source(gw, ["AAPL"], "quotes",

@@ -7,19 +7,19 @@ import asyncio
 import dataclasses
 
 import pytest
-from ib_async import IB
 
 from mdp_core import IBKRSettings, ProviderRegistry, RuntimeOrchestrator
 from mdp_core.gateway import SimulatedGateway, aggregate_bars
 from mdp_core.models import Bar, Quote
 from mdp_core.providers.base import ProviderError
-from mdp_core.providers.ibkr import IBKRStreamSource
-from mdp_core.providers.ibkr.source import _SPLIT
+from mdp_core.providers.ibkr import IBAsyncProvider, IBKROptions, IBKRStreamSource
+from mdp_core.providers.ibkr.flow import _SPLIT
 from tests.ibkr.helpers import (
     TIMEOUT,
     Collector,
     always_open,
     make_source,
+    new_ib,
     pumps_until,
     quote_values,
     settings_for,
@@ -218,11 +218,11 @@ async def test_registry_builds_it_and_runtime_streams_it(gw: SimulatedGateway) -
 
 async def test_a_connected_ib_is_used_and_left_connected(gw: SimulatedGateway) -> None:
     async with asyncio.timeout(TIMEOUT):
-        ib = IB()
+        ib = new_ib()
         await ib.connectAsync("127.0.0.1", gw.port, clientId=77, timeout=5)
         try:
             source = IBKRStreamSource(
-                ["SPY"], mode="quotes", provider=ib, market_open=always_open,
+                ["SPY"], mode="quotes", provider=ib, options=IBKROptions(market_open=always_open),
                 ibkr_settings=IBKRSettings(port=1),  # ignored: the IB is connected
             )  # fmt: skip
             await source.start()
@@ -242,7 +242,7 @@ def test_bar_resolution_must_come_from_5s_bars() -> None:
     with pytest.raises(ValueError, match=r"'1s' is not possible.*multiple of 5s"):
         IBKRStreamSource(["AAPL"], mode="bars", bar_resolution="1s")
     with pytest.raises(ValueError, match=r"what_to_show 'VOLUME' is invalid"):
-        IBKRStreamSource(["AAPL"], mode="bars", what_to_show="VOLUME")
+        IBKRStreamSource(["AAPL"], mode="bars", options=IBKROptions(what_to_show="VOLUME"))
 
 
 def test_too_many_symbols_for_one_connection() -> None:
@@ -250,3 +250,45 @@ def test_too_many_symbols_for_one_connection() -> None:
     with pytest.raises(ValueError, match=r"101 symbols .* limit is 100 .* several streams"):
         IBKRStreamSource(symbols, mode="quotes")
     IBKRStreamSource(symbols[:100], mode="quotes")  # 100 fit
+
+
+async def test_the_default_provider_streams_on_its_own(gw: SimulatedGateway) -> None:
+    """``IBAsyncProvider`` in the provider-object shape: ``stream_quotes`` and
+    ``stream_bars`` yield the gateway's data; leaving the iteration or ``close()`` stops
+    the client and leaves no session behind."""
+    provider = IBAsyncProvider(settings_for(gw), IBKROptions(market_open=always_open))
+    async with asyncio.timeout(TIMEOUT):
+        quotes: list[Quote] = []
+        async for quote in provider.stream_quotes(["AAPL", "msft"]):
+            quotes.append(quote)
+            if len(quotes) == 10:
+                break
+        bars = provider.stream_bars(["SPY"], "5s")
+        first_bar = await anext(bars)
+        await provider.close()  # the open bar stream ends after what it received
+        rest = [bar async for bar in bars]
+        await pumps_until(gw, lambda: gw.sessions() == [])
+    assert {q.symbol for q in quotes} <= {"AAPL", "MSFT"} and len(quotes) == 10
+    assert all(isinstance(q, Quote) and q.source == "ibkr" for q in quotes)
+    assert isinstance(first_bar, Bar) and first_bar.symbol == "SPY"
+    assert all(b.symbol == "SPY" and b.ts > first_bar.ts for b in rest)
+
+
+async def test_a_default_provider_object_takes_the_push_path(gw: SimulatedGateway) -> None:
+    provider = IBAsyncProvider(settings_for(gw), IBKROptions(market_open=always_open))
+    async with asyncio.timeout(TIMEOUT):
+        source = IBKRStreamSource(["AAPL"], mode="quotes", provider=provider)
+        await source.start()
+        assert source.ib is not None and source.ib.isConnected()  # its own ib_async client
+        got = Collector(source)
+        await got.wait_for(gw, lambda: got.count("AAPL") >= 3)
+        records = await got.finish()
+    stats = source.stats()
+    assert stats["connects"] == 1 and stats["received"] == len(records)
+
+
+def test_a_provider_it_cannot_use_is_named() -> None:
+    with pytest.raises(ValueError, match=r"provider 'ib': expected None, an ib_async IB"):
+        IBKRStreamSource(["AAPL"], provider="ib")
+    with pytest.raises(ValueError, match=r"brings its own settings and options"):
+        IBKRStreamSource(["AAPL"], provider=IBAsyncProvider(), options=IBKROptions())

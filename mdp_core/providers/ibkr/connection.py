@@ -39,6 +39,7 @@ async def connect_ib(
 ) -> None:
     """Connect ``ib`` (read-only, fetching nothing at startup) or raise ``IBKRConnectError``."""
     where = f"{host}:{port}"
+    lib.bind_loop()
     duplicate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def on_error(req_id: int, code: int, msg: str, *args: Any) -> None:
