@@ -195,6 +195,7 @@ async def test_ibkr_source_with_a_provider_object_snippet() -> None:
     assert received == 2 and dropped == {"invalid": 1}
     assert received == len(records) + sum(dropped.values())  # the accounting balances
     assert src.stats()["invalid"] == 1
+    assert src.graceful_cancel_timeout == 2.0  # the documented default
 
 
 async def test_ibkr_source_with_a_provider_object_through_the_runtime() -> None:

@@ -53,7 +53,7 @@ class IBAsyncProvider:
         settings: IBKRSettings | None = None,
         options: IBKROptions | None = None,
         ib: Any = None,
-        graceful_cancel_timeout: float = 5.0,
+        graceful_cancel_timeout: float = 2.0,
     ) -> None:
         self.settings = settings if settings is not None else IBKRSettings()
         self.options = options if options is not None else IBKROptions()

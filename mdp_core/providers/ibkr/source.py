@@ -91,7 +91,7 @@ class IBKRStreamSource(ProviderSource[Record]):
         bar_resolution: str = "5s",
         ibkr_settings: IBKRSettings | None = None,
         provider: Any = None,
-        graceful_cancel_timeout: float = 5.0,
+        graceful_cancel_timeout: float = 2.0,
         *,
         options: IBKROptions | None = None,
     ) -> None:
