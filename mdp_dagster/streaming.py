@@ -6,7 +6,7 @@ tagged ``mdp/stream=<name>``; dagster.yaml allows one in-progress run per value 
 The op runs the stream's ``Pipeline`` on an event loop in a thread of its own, while the
 op's (main) thread waits, forwards mdp's log records to the run log and reports progress.
 Terminating the run (UI, GraphQL, SIGINT/SIGTERM of the run worker) raises Dagster's
-``DagsterExecutionInterruptedError`` in the main thread; the op then asks the pipeline to
+``dg.DagsterExecutionInterruptedError`` in the main thread; the op then asks the pipeline to
 stop, waits for it to drain (bounded) and re-raises, so the run ends CANCELED with every
 record committed, dead-lettered or counted as dropped. (``asyncio.run`` in the main thread
 would instead cancel every task at the interrupt, the coordinator's workers included.)
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
 from pydantic import Field
 
 from mdp_core.dlq import DeadLetterQueue
@@ -105,7 +104,7 @@ class StreamRunConfig(dg.Config):
         description="stop (and drain) after this many seconds; 0: until terminated",
     )
     progress_interval: float = Field(
-        default=30.0, gt=0, description="seconds between progress materializations in the UI"
+        default=30.0, gt=0, description="seconds between progress observations in the UI"
     )
     heartbeat_interval: float = Field(
         default=SupervisorPolicy().heartbeat_interval,
@@ -278,7 +277,7 @@ def _dlq_depth(dlq: DeadLetterQueue) -> int | None:
 
 @dg.op(
     description="Run one stream of streams.yaml into PostgreSQL until the run is terminated "
-    "(or max_seconds pass), then drain; reports progress as materializations of its table.",
+    "(or max_seconds pass), then drain; reports progress as observations of its table.",
 )
 def run_stream(
     context: dg.OpExecutionContext,
@@ -291,6 +290,8 @@ def run_stream(
     except StreamsConfigError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     asset_key = raw_asset_for(spec.mode, spec.resolution)
+    # the run's own mdp tags (stream, kind) on each observation: filterable per stream
+    event_tags = {k: v for k, v in context.run.tags.items() if k in (STREAM_TAG, KIND_TAG)}
     queue = dlq.queue()
     runner = PipelineThread(
         spec,
@@ -304,7 +305,9 @@ def run_stream(
     def report(stats: PipelineStats | None) -> None:
         if stats is not None and stats.state != "new":
             metadata = _progress_metadata(spec, stats, _dlq_depth(queue))
-            context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
+            context.log_event(
+                dg.AssetObservation(asset_key=asset_key, metadata=metadata, tags=event_tags)
+            )
 
     level = get_settings().log_level
     poll = min(1.0, config.progress_interval)
@@ -319,12 +322,12 @@ def run_stream(
                 if time.monotonic() >= next_report and runner.is_alive():
                     report(runner.stats())
                     next_report = time.monotonic() + config.progress_interval
-        except DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError:
             _stop_and_drain(runner, bridge, context)
             try:
                 report(runner.outcome()[0])
                 bridge.drain()
-            except DagsterExecutionInterruptedError:
+            except dg.DagsterExecutionInterruptedError:
                 pass  # a repeated interrupt: the heartbeat row has the final counters too
             raise
         except BaseException:  # an unexpected error in this thread: stop, do not orphan
@@ -350,13 +353,13 @@ def _stop_and_drain(runner: PipelineThread, bridge: LoguruBridge, context: Any) 
     deadline = time.monotonic() + runner.drain_budget()
     try:
         context.log.info(f"stream {runner.spec.name}: termination requested, draining")
-    except DagsterExecutionInterruptedError:
+    except dg.DagsterExecutionInterruptedError:
         pass
     while runner.is_alive() and time.monotonic() < deadline:
         try:
             runner.join(timeout=1.0)
             bridge.drain()
-        except DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError:
             continue  # Dagster repeats the interrupt while the run is CANCELING: keep draining
     if runner.is_alive():
         context.log.error(
