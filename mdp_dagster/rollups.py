@@ -20,12 +20,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
 from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
@@ -39,6 +37,7 @@ from mdp_core.store.rollups import (
 from mdp_dagster.assets import BARS_5S
 from mdp_dagster.io_manager import IO_MANAGER_KEY
 from mdp_dagster.resources import StoreResource
+from mdp_dagster.tables import BARS_TABLE, table_metadata
 
 __all__ = [
     "GROUP",
@@ -185,7 +184,7 @@ def _rollup_asset(
                 "close, max high, min low, summed volume and trade count, volume-weighted "
                 "vwap. Idempotent upsert; re-materialize a partition after late data."
             ),
-            metadata={"table": "mdp.bars", "resolution": resolution},
+            metadata={"table": BARS_TABLE, "resolution": resolution, **table_metadata(BARS_TABLE)},
         )(_rollup)
 
 
@@ -265,7 +264,7 @@ def _run_request(job: str, group: list[_Rollup], starts: list[datetime]) -> dg.R
 
 def build_rollup_sensor(
     rollups: Sequence[_Rollup],
-    jobs: Sequence[UnresolvedAssetJobDefinition],
+    jobs: Sequence[Any],  # what dg.define_asset_job returns
     settings: RollupSettings,
     clock: Clock = _utc_now,
 ) -> dg.SensorDefinition:

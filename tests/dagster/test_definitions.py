@@ -100,3 +100,29 @@ def test_repository_dagster_yaml_makes_a_postgres_instance(
         config = {"ops": {"run_stream": {"config": {"stream": "x"}}}}
         run = instance.create_run_for_job(stream_job, run_config=config, tags={"mdp/stream": "x"})
         assert instance.get_run_by_id(run.run_id) is not None
+
+
+def test_table_assets_carry_the_columns_of_the_migrated_tables(store_dsn: str) -> None:
+    """dagster/table_name and dagster/column_schema of the raw tables and every rollup equal
+    what a migrated database has (names, types, nullability, in order)."""
+    from mdp_core.store.database import Database
+
+    async def columns(table: str) -> list[tuple[str, str, bool]]:
+        async with Database.connect(store_dsn) as db:
+            rows = await db.pool.fetch(
+                "SELECT attname, format_type(atttypid, atttypmod) AS type, "
+                "NOT attnotnull AS nullable FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                table,
+            )
+        return [(r["attname"], r["type"], r["nullable"]) for r in rows]
+
+    graph = defs.resolve_asset_graph()
+    keys = [QUOTES.key, BARS_5S.key, *(dg.AssetKey(["mdp", f"bars_{r}"]) for r in ("1m", "1d"))]
+    for key in keys:
+        meta = graph.get(key).metadata
+        table = meta["dagster/table_name"].value
+        schema = meta["dagster/column_schema"].value
+        declared = [(c.name, c.type, c.constraints.nullable) for c in schema.columns]
+        assert declared == asyncio.run(columns(table)), key
