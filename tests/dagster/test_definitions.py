@@ -95,6 +95,12 @@ def test_repository_dagster_yaml_makes_a_postgres_instance(
             {"key": "mdp/stream", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
         assert not instance.run_retries_enabled
+        # the rollups' pool is limited (the rollup assets declare pool mdp_rollups)
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 2
+        for resolution in ("1m", "5m", "1h", "1d"):
+            rollup = defs.resolve_assets_def(dg.AssetKey(["mdp", f"bars_{resolution}"]))
+            assert rollup.node_def.pool == "mdp_rollups"
         assert not instance.telemetry_enabled
         # and it stores runs
         config = {"ops": {"run_stream": {"config": {"stream": "x"}}}}
