@@ -29,7 +29,7 @@ from mdp_core.store.database import Database
 from mdp_dagster.resources import StoreResource
 from mdp_dagster.streaming import load_stream_specs
 
-__all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs", "defs"]
+__all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs"]
 
 HISTORY_KEY = dg.AssetKey(["mdp", "bars_history"])
 GROUP = "market_data"
@@ -168,6 +168,3 @@ def build_history_defs(
     settings = settings or HistorySettings()
     partitions = dg.DailyPartitionsDefinition(start_date=f"{settings.first_day(clock()):%Y-%m-%d}")
     return dg.Definitions(assets=[_history_asset(partitions)])
-
-
-defs = build_history_defs()

@@ -28,6 +28,7 @@ from mdp_core.errors import error_info
 from mdp_core.pipeline import Pipeline, PipelineStats
 from mdp_core.settings import get_settings
 from mdp_core.store.database import Database, LockHeldError
+from mdp_core.store.heartbeats import last_heartbeats
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 from mdp_dagster.assets import RAW_ASSETS, raw_asset_for
 from mdp_dagster.logging import LoguruBridge
@@ -38,7 +39,6 @@ from mdp_dagster.supervisor import (
     RunView,
     SupervisorPolicy,
     decide,
-    last_heartbeats,
 )
 
 __all__ = [
@@ -107,7 +107,7 @@ class StreamRunConfig(dg.Config):
         default=30.0, gt=0, description="seconds between progress observations in the UI"
     )
     heartbeat_interval: float = Field(
-        default=SupervisorPolicy().heartbeat_interval,
+        default=SupervisorPolicy().heartbeat.interval,
         gt=0,
         description="seconds between rows in mdp.stream_heartbeats; the supervisor judges "
         "staleness by its policy's interval, so a supervised run keeps the default",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import re
 import socket
 from collections.abc import (
@@ -688,19 +687,6 @@ class Database:
             datetime.now(UTC) - within,
         )
         return {row["symbol"]: row["ts"] for row in rows}
-
-    async def write_heartbeat(
-        self, stream: str, run_id: str, counters: Mapping[str, Any], *, ts: datetime | None = None
-    ) -> None:
-        """Record that ``stream`` (run ``run_id``) is alive, with its counters (a JSON object)."""
-        await self.pool.execute(
-            "INSERT INTO mdp.stream_heartbeats (stream, run_id, ts, counters) "
-            "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
-            stream,
-            run_id,
-            ts or datetime.now(UTC),
-            json.dumps(dict(counters)),
-        )
 
     async def status(self, *, count_timeout: float = 5.0) -> dict[str, Any]:
         """Server version, applied migrations and row counts (``None`` for a table whose

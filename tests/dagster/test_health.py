@@ -15,6 +15,10 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar
 from mdp_core.settings import CheckSettings, get_settings
 from mdp_core.store.database import Database
+from mdp_core.store.heartbeats import (
+    HeartbeatPolicy,
+    write_heartbeat,
+)
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import HEALTH_KEY, build_health_defs
 from mdp_dagster.rollups import build_rollup_defs
@@ -34,7 +38,7 @@ def heartbeats(dsn: str, rows: list[tuple[str, str, datetime, dict[str, Any]]]) 
     async def run() -> None:
         async with Database.connect(dsn, max_size=2) as db:
             for stream, run_id, ts, counters in rows:
-                await db.write_heartbeat(stream, run_id, counters, ts=ts)
+                await write_heartbeat(db, stream, run_id, counters, ts=ts)
 
     asyncio.run(run())
 
@@ -79,7 +83,9 @@ def test_health_tabulates_every_stream(
     )
     spool("live", 2)
     spool("", 1)
-    health = full_defs(resources, stale_after=45.0).get_assets_def(HEALTH_KEY)
+    health = full_defs(
+        resources, heartbeats=HeartbeatPolicy(interval=15.0, stale_factor=3.0)
+    ).get_assets_def(HEALTH_KEY)
     result = dg.materialize([health], resources=resources, instance=instance)
     assert result.success
     (mat,) = result.get_asset_materialization_events()
