@@ -35,6 +35,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.settings import CheckSettings, RollupSettings
 from mdp_core.store.heartbeats import HeartbeatPolicy, latest_heartbeats
 from mdp_core.streams import StreamsConfigError
@@ -55,7 +56,7 @@ from mdp_dagster.streaming import load_stream_specs
 __all__ = ["HEALTH_KEY", "build_health_defs"]
 
 HEALTH_KEY = dg.AssetKey(["mdp", "health"])
-RUN_TAGS = {"mdp/kind": "health"}
+RUN_TAGS = {KIND_TAG: "health"}
 
 Clock = Callable[[], datetime]
 

@@ -23,6 +23,7 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from mdp_core.backfill import Backfill, BackfillResult
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.providers.ibkr.pacing import PacingRules
 from mdp_core.settings import HistorySettings, IBKRSettings
 from mdp_core.store.database import Database
@@ -33,7 +34,7 @@ __all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs"]
 
 HISTORY_KEY = dg.AssetKey(["mdp", "bars_history"])
 GROUP = "market_data"
-RUN_TAGS = {"mdp/kind": "history"}
+RUN_TAGS = {KIND_TAG: "history"}
 
 Clock = Callable[[], datetime]
 

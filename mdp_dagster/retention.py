@@ -13,12 +13,13 @@ day.
 import dagster as dg
 from pydantic import Field
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.settings import get_settings
 from mdp_dagster.resources import StoreResource
 
 __all__ = ["RetentionConfig", "defs", "retention_job", "retention_schedule"]
 
-RUN_TAGS = {"mdp/kind": "retention"}
+RUN_TAGS = {KIND_TAG: "retention"}
 
 
 class RetentionConfig(dg.Config):

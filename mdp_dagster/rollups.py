@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import (
@@ -62,7 +63,7 @@ ROLLUP_KEYS: dict[str, dg.AssetKey] = {
 }
 SYMBOLS_LISTED = 50  # symbols named in the metadata; the rest are counted
 PREVIEW_SYMBOLS = 20  # rows of the per-symbol summary table
-RUN_TAGS = {"mdp/kind": "rollup"}
+RUN_TAGS = {KIND_TAG: "rollup"}
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # a run over a partition range
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 

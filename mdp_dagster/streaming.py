@@ -23,6 +23,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from mdp_core.dagster_names import KIND_TAG, STREAM_TAG, SUPERVISOR_SENSOR
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
 from mdp_core.pipeline import Pipeline, PipelineStats
@@ -56,8 +57,6 @@ __all__ = [
     "streams_file",
 ]
 
-STREAM_TAG = "mdp/stream"
-KIND_TAG = "mdp/kind"
 # Extra time, on top of the coordinator's drain timeout and the provider's stop timeout,
 # that the op waits for the pipeline thread after a termination request.
 DRAIN_MARGIN = 30.0
@@ -506,6 +505,7 @@ def supervise(
 
 
 @dg.sensor(
+    name=SUPERVISOR_SENSOR,
     job=stream_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from mdp_core.dagster_names import ACTIVE_RUN_STATUSES
 from mdp_core.store.heartbeats import HeartbeatPolicy
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
 ]
 
 # Run statuses (DagsterRunStatus values) that count as "the stream has a run".
-ACTIVE: frozenset[str] = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
+ACTIVE: frozenset[str] = frozenset(ACTIVE_RUN_STATUSES)
 FAILED = "FAILURE"
 STARTED = "STARTED"
 

@@ -39,6 +39,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from mdp_core.dagster_names import (
+    ACTIVE_RUN_STATUSES,
+    INSTANCE_CONFIG,
+    KIND_TAG,
+    LOCATION,
+    REPOSITORY,
+    SUPERVISOR_SENSOR,
+    WORKSPACE,
+)
 from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.errors import error_info
 from mdp_core.settings import CheckSettings, IBKRSettings, get_settings, ibkr_configured
@@ -46,9 +55,6 @@ from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
 __all__ = ["dagster_url_for", "up"]
 
-LOCATION = "mdp"  # workspace.yaml's location_name
-SENSOR = "stream_supervisor"
-ACTIVE_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 _STOPPED_MARKER = ".mdp-supervisor-stopped"
 
 
@@ -60,13 +66,13 @@ def _say(message: str) -> None:
 
 
 def project_dir() -> Path:
-    """The directory with workspace.yaml and dagster.yaml: the current one if it has them,
-    else the repository this package was installed from (editable install)."""
+    """The directory with workspace.yaml and deploy/dagster/dagster.yaml: the current one
+    if it has them, else the repository this package was installed from (editable install)."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "workspace.yaml").is_file() and (candidate / "dagster.yaml").is_file():
+        if (candidate / WORKSPACE).is_file() and (candidate / INSTANCE_CONFIG).is_file():
             return candidate
     raise click.ClickException(
-        "workspace.yaml and dagster.yaml not found in the current directory or the mdp "
+        f"{WORKSPACE} and {INSTANCE_CONFIG} not found in the current directory or the mdp "
         "repository: run `mdp up` from the repository root"
     )
 
@@ -149,8 +155,8 @@ class Dagster:
 
     _SELECTOR = {
         "repositoryLocationName": LOCATION,
-        "repositoryName": "__repository__",
-        "sensorName": SENSOR,
+        "repositoryName": REPOSITORY,
+        "sensorName": SUPERVISOR_SENSOR,
     }
 
     def sensor_state(self) -> tuple[str | None, str | None]:
@@ -179,7 +185,12 @@ class Dagster:
         data = self.query(
             """query($f: RunsFilter) { runsOrError(filter: $f) {
                  __typename ... on Runs { results { runId status } } } }""",
-            {"f": {"statuses": ACTIVE_STATUSES, "tags": [{"key": "mdp/kind", "value": "stream"}]}},
+            {
+                "f": {
+                    "statuses": list(ACTIVE_RUN_STATUSES),
+                    "tags": [{"key": KIND_TAG, "value": "stream"}],
+                }
+            },
         )["runsOrError"]
         return {r["runId"]: r["status"] for r in data.get("results", [])}
 
@@ -334,11 +345,11 @@ class Stack:
     def start_dagster(self) -> None:
         home = self.dagster_home
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.project / "dagster.yaml", home / "dagster.yaml")
+        shutil.copyfile(self.project / INSTANCE_CONFIG, home / "dagster.yaml")
         self.env["DAGSTER_HOME"] = str(home)
         if _port_in_use(self.host, self.port):
             raise click.ClickException(f"port {self.port} is already in use: pass --port")
-        args = [sys.executable, "-m", "dagster", "dev", "-w", str(self.project / "workspace.yaml"),
+        args = [sys.executable, "-m", "dagster", "dev", "-w", str(self.project / WORKSPACE),
                 "-h", self.host, "-p", str(self.port)]  # fmt: skip
         # Run from DAGSTER_HOME: a dagster.yaml in the working directory that is not
         # DAGSTER_HOME's makes Dagster warn at every start.
