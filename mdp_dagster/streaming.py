@@ -199,6 +199,14 @@ class PipelineThread:
         except Exception:
             return None  # the loop is closing or too busy to answer now
 
+    def metrics_url(self) -> str | None:
+        """Where the pipeline serves Prometheus metrics (``metrics_port`` in streams.yaml),
+        once it does; ``None`` before, or when the stream has no metrics port."""
+        with self._lock:
+            pipeline = self._pipeline
+        server = pipeline.metrics if pipeline is not None else None
+        return server.url if server is not None else None
+
     def outcome(self) -> tuple[PipelineStats | None, BaseException | None]:
         """Final stats (or the last snapshot) and the error, once the thread has ended."""
         with self._lock:
@@ -301,9 +309,17 @@ def run_stream(
         max_seconds=config.max_seconds or None,
     )
 
+    announced: list[str] = []
+
     def report(stats: PipelineStats | None) -> None:
+        url = runner.metrics_url()
+        if url is not None and not announced:
+            announced.append(url)
+            context.log.info(f"stream {spec.name}: Prometheus metrics on {url}")
         if stats is not None and stats.state != "new":
             metadata = _progress_metadata(spec, stats, _dlq_depth(queue))
+            if announced:
+                metadata["metrics_url"] = dg.MetadataValue.url(announced[0])
             context.log_event(
                 dg.AssetObservation(asset_key=asset_key, metadata=metadata, tags=event_tags)
             )
@@ -318,6 +334,8 @@ def run_stream(
             while runner.is_alive():
                 runner.join(timeout=poll)
                 bridge.drain()
+                if not announced and runner.metrics_url() is not None:
+                    report(None)  # say where the metrics are as soon as they are served
                 if time.monotonic() >= next_report and runner.is_alive():
                     report(runner.stats())
                     next_report = time.monotonic() + config.progress_interval

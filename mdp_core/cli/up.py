@@ -53,7 +53,7 @@ from mdp_core.errors import error_info
 from mdp_core.settings import CheckSettings, IBKRSettings, get_settings, ibkr_configured
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
-__all__ = ["dagster_url_for", "up"]
+__all__ = ["dagster_url_for", "metrics_addresses", "up"]
 
 _STOPPED_MARKER = ".mdp-supervisor-stopped"
 
@@ -443,6 +443,22 @@ class Stack:
             _say("embedded PostgreSQL stopped")
 
 
+def metrics_addresses(specs: list[StreamSpec]) -> list[str]:
+    """One line per stream with a ``metrics_port``: where its Dagster run serves Prometheus
+    metrics (port 0: a free port, named in the run's log)."""
+    lines = []
+    for spec in specs:
+        if spec.metrics_port is None:
+            continue
+        where = (
+            f"http://{spec.metrics_host}:{spec.metrics_port}/metrics"
+            if spec.metrics_port
+            else f"a free port on {spec.metrics_host} (see the run's log)"
+        )
+        lines.append(f"stream {spec.name}: Prometheus metrics on {where}")
+    return lines
+
+
 def _resolve_streams(streams: Path | None, project: Path) -> Path:
     """``--streams``, else ``MDP_STREAMS_FILE``, else the project's ``streams.yaml``."""
     settings = get_settings()
@@ -507,6 +523,8 @@ def up(host: str, port: int, gateway_port: int, streams: Path | None, stop_timeo
         stack.start_dagster()
         names = ", ".join(s.name for s in specs) or "none enabled"
         _say(f"Dagster UI on http://{host}:{port}  (streams: {names}; Ctrl-C stops everything)")
+        for line in metrics_addresses(specs):
+            _say(line)
         while not stopping.wait(1.0):
             if stack.dagster is not None and stack.dagster.poll() is not None:
                 _say(f"dagster dev exited (code {stack.dagster.returncode}); stopping")
