@@ -16,16 +16,16 @@ from mdp_dagster.export import ExportResource
 from mdp_dagster.health import build_health_defs
 from mdp_dagster.history import build_history_defs
 from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
-from mdp_dagster.resources import DlqResource, StoreResource
+from mdp_dagster.resources import DlqResource, pg_dsn_config, store_resource
 from mdp_dagster.rollups import build_rollup_defs
 
 __all__ = ["RESOURCES", "defs"]
 
 RESOURCES: dict[str, object] = {
-    "store": StoreResource(),
+    "store": store_resource(),
     "dlq": DlqResource(),
     "export": ExportResource(),
-    IO_MANAGER_KEY: MdpIOManager(),
+    IO_MANAGER_KEY: MdpIOManager(pg_dsn=pg_dsn_config()),
 }
 
 # The code server and every run worker import this module: mdp's log lines go to stderr at
