@@ -15,13 +15,11 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar
 from mdp_core.settings import CheckSettings, get_settings
 from mdp_core.store.database import Database
-from mdp_core.store.heartbeats import (
-    HeartbeatPolicy,
-    write_heartbeat,
-)
+from mdp_core.store.heartbeats import Heartbeat, HeartbeatPolicy, stream_state, write_heartbeat
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import HEALTH_KEY, build_health_defs
 from mdp_dagster.rollups import build_rollup_defs
+from mdp_dagster.supervisor import RunView, SupervisorPolicy, decide
 
 NOW = datetime(2024, 1, 6, 15, 0, tzinfo=UTC)  # a Saturday: XNYS closed
 
@@ -186,3 +184,17 @@ def test_schedule_requests_the_job() -> None:
 def test_settings_validate(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         CheckSettings(**{field: 0})
+
+
+@pytest.mark.parametrize("age", [29.0, 30.0, 31.0, 300.0])
+def test_supervisor_and_health_judge_staleness_by_one_rule(age: float) -> None:
+    """A STARTED run's heartbeat of a given age: the supervisor replaces the run exactly when
+    the health asset calls the stream stale (both use HeartbeatPolicy.is_stale)."""
+    now = 1_800_000_000.0
+    policy = HeartbeatPolicy(interval=10.0, stale_factor=3.0, start_grace=60.0)
+    beat = Heartbeat("r1", datetime.fromtimestamp(now - age, UTC), {"state": "running"})
+    health = stream_state(beat, datetime.fromtimestamp(now, UTC), policy)
+    run = RunView("r1", "STARTED", created=now - 1000, started=now - 1000)
+    decision = decide("s", [run], {"r1": now - age}, now, SupervisorPolicy(heartbeat=policy))
+    assert (health == "stale") is decision.launch is (age > 30.0)
+    assert health in ("stale", "running")
