@@ -21,10 +21,16 @@ Checks (each a small query over a recent window; thresholds from ``MDP_CHECK_*``
   the partitions listed in the metadata).
 
 Raw-table checks look at the last ``window_minutes``; rollup checks at their last three
-partitions. The ``health`` asset tabulates every stream of streams.yaml (state, rate,
-committed, dead-lettered, last heartbeat, DLQ depth). The job ``mdp_health`` (the health
-asset and every check, in one process) runs on the schedule ``mdp_health_schedule``
-(``MDP_CHECK_CRON``, default every 5 minutes, RUNNING by default).
+partitions (the checks of the partition a rollup run just wrote, and the rollups' freshness,
+are in ``rollup_checks.py``). The ``health`` asset tabulates every stream of streams.yaml
+(state by ``HeartbeatPolicy``, the supervisor's rule; rate, committed, dead-lettered, last
+heartbeat, DLQ depth). The job ``mdp_health`` (the health asset and these checks, in one
+process) runs on the schedule ``mdp_health_schedule`` (``MDP_CHECK_CRON``, default every 5
+minutes, RUNNING by default).
+
+This module holds the definitions; the checks' logic is ``check_logic.py``, their SQL
+``check_sql.py``, and the markdown and tables they show ``rendering.py``. Nothing here reads
+the environment at import: ``build_health_defs`` does, when the code location loads.
 """
 
 from collections import Counter
