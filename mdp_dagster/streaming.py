@@ -1,12 +1,13 @@
 """The streams as Dagster runs: the stream job and its op, and the supervisor sensor.
 
 One run per stream of ``streams.yaml`` (path: ``$MDP_STREAMS_FILE``, else ``./streams.yaml``),
-tagged ``mdp/stream=<name>``; dagster.yaml allows one in-progress run per value of that tag.
+tagged ``mdp/stream=<name>``; the instance settings (``deploy/dagster/dagster.yaml``) allow
+one in-progress run per value of that tag.
 
 The op runs the stream's ``Pipeline`` on an event loop in a thread of its own, while the
 op's (main) thread waits, forwards mdp's log records to the run log and reports progress.
 Terminating the run (UI, GraphQL, SIGINT/SIGTERM of the run worker) raises Dagster's
-``dg.DagsterExecutionInterruptedError`` in the main thread; the op then asks the pipeline to
+``DagsterExecutionInterruptedError`` in the main thread; the op then asks the pipeline to
 stop, waits for it to drain (bounded) and re-raises, so the run ends CANCELED with every
 record committed, dead-lettered or counted as dropped. (``asyncio.run`` in the main thread
 would instead cancel every task at the interrupt, the coordinator's workers included.)
@@ -413,7 +414,7 @@ def stream_job() -> None:
 
 def stream_run_request(spec: StreamSpec, reason: str) -> dg.RunRequest:
     """A run of ``stream_job`` for ``spec``: never a run key (a stable key would block every
-    relaunch), the stream tag that dagster.yaml's concurrency limit applies to."""
+    relaunch), the stream tag that the instance's concurrency limit applies to."""
     return dg.RunRequest(
         run_key=None,
         run_config=dg.RunConfig(ops={"run_stream": StreamRunConfig(stream=spec.name)}),
