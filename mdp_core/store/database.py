@@ -40,6 +40,7 @@ from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.logs import logger
 from mdp_core.settings import MdpSettings, get_settings
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.store.heartbeats import prune_heartbeats
 
 __all__ = [
     "EMBEDDED_DATABASE",
@@ -628,7 +629,7 @@ class Database:
                     await conn.execute(f"DROP TABLE IF EXISTS mdp.{name}")
                     self._known_partitions.discard((table, day))
                     dropped.append(name)
-            await conn.execute("DELETE FROM mdp.stream_heartbeats WHERE ts < $1", cutoff)
+            await prune_heartbeats(conn, cutoff)
         if dropped:
             logger.info("retention dropped {} partitions older than {}", len(dropped), cutoff)
         return dropped

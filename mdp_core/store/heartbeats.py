@@ -4,8 +4,8 @@ judged.
 A running pipeline writes a row every ``HeartbeatPolicy.interval`` seconds with its
 counters. The Dagster supervisor reads the last one of each run (to replace a run whose
 worker died) and the health asset the last one of each stream (to show it); both judge
-staleness by ``HeartbeatPolicy.is_stale``. Retention deletes old rows
-(``Database.drop_partitions_older_than``).
+staleness by ``HeartbeatPolicy.is_stale``. Retention (``Database.drop_partitions_older_than``)
+deletes old rows with ``prune_heartbeats``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ __all__ = [
     "HeartbeatPolicy",
     "last_heartbeats",
     "latest_heartbeats",
+    "prune_heartbeats",
     "stream_state",
     "write_heartbeat",
 ]
@@ -70,6 +71,7 @@ _LAST_BY_RUN = (
     "SELECT run_id, extract(epoch FROM max(ts))::float8 AS ts FROM mdp.stream_heartbeats "
     "WHERE run_id = ANY($1::text[]) GROUP BY run_id"
 )
+_PRUNE = "DELETE FROM mdp.stream_heartbeats WHERE ts < $1"
 _LATEST_BY_STREAM = """
 SELECT DISTINCT ON (stream) stream, run_id, ts, counters
 FROM mdp.stream_heartbeats
@@ -109,6 +111,11 @@ async def latest_heartbeats(db: _HasPool, streams: Sequence[str]) -> dict[str, H
         counters = json.loads(counters) if isinstance(counters, str) else dict(counters)
         out[r["stream"]] = Heartbeat(r["run_id"], r["ts"], counters)
     return out
+
+
+async def prune_heartbeats(conn: Any, before: datetime) -> None:
+    """Delete the heartbeats older than ``before`` (``conn``: an asyncpg connection or pool)."""
+    await conn.execute(_PRUNE, before)
 
 
 def stream_state(heartbeat: Heartbeat | None, now: datetime, policy: HeartbeatPolicy) -> str:
