@@ -38,6 +38,7 @@ from mdp_core.providers.registry import ProviderRegistry
 from mdp_core.runtime import RuntimeOrchestrator
 from mdp_core.sink import Sink
 from mdp_core.store.database import Database, DatabaseError, LockHeldError
+from mdp_core.store.heartbeats import HeartbeatPolicy, write_heartbeat
 from mdp_core.streams import StreamSpec
 
 __all__ = ["STREAM_RETRY_POLICY", "Pipeline", "PipelineState", "PipelineStats"]
@@ -91,7 +92,7 @@ class Pipeline:
         retry_policy: RetryPolicy | None = None,
         run_id: str | None = None,
         single_writer: bool = True,
-        heartbeat_interval: float = 15.0,
+        heartbeat_interval: float = HeartbeatPolicy().interval,
         on_progress: ProgressCallback | None = None,
         progress_interval: float = 30.0,
         lock_check_interval: float = 2.0,
@@ -440,7 +441,7 @@ class Pipeline:
         try:
             counters = self.stats().to_dict()
             await asyncio.wait_for(
-                self.db.write_heartbeat(self.spec.name, self.run_id, counters), timeout=5
+                write_heartbeat(self.db, self.spec.name, self.run_id, counters), timeout=5
             )
         except Exception as exc:
             logger.warning("stream {}: heartbeat not written: {}", self.spec.name, exc)

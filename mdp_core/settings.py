@@ -3,7 +3,7 @@ with clear errors (a bad value is refused with the variable's name).
 
 - ``MdpSettings``: ``MDP_PROVIDER``, ``MDP_PG_DSN``, ``MDP_PG_*`` (connection timeouts),
   ``MDP_HOME``, ``MDP_LOG_*``, ``MDP_GRACEFUL_CANCEL_TIMEOUT``, ``MDP_STREAMS_FILE``,
-  ``MDP_EXPORT_DIR``, ``MDP_DAGSTER_PG_URL``;
+  ``MDP_EXPORT_DIR``, ``MDP_DAGSTER_PG_URL``, ``MDP_RETENTION_DAYS``;
 - ``IBKRSettings``: ``MDP_IBKR_*`` (where IB is, timeouts, backoff, watchdog, lines);
 - ``CoordinatorRuntimeSettings``: ``MDP_COORDINATOR_*`` (the write coordinator's sizing);
 - ``CheckSettings``: ``MDP_CHECK_*`` (the Dagster asset checks);
@@ -72,6 +72,12 @@ class MdpSettings(BaseSettings):
     )
     dagster_pg_url: SecretStr | None = Field(
         None, description="Dagster's storage (postgresql+psycopg2://...); mdp up sets it"
+    )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="the Dagster retention schedule drops the daily partitions of quotes and "
+        "bars, and the heartbeats, older than this many days; unset: keep everything",
     )
 
     @property

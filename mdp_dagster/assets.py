@@ -1,8 +1,9 @@
 """The raw tables written by the streams, declared as external (non-executable) assets.
 
 Dagster does not compute these: the stream runs write them continuously and report
-progress as ``AssetMaterialization`` events of these keys (see ``streaming.py``), which is
-what rollups' automation and freshness policies react to.
+progress as ``AssetObservation`` events of these keys (see ``streaming.py``): counters to
+read and plot, not new versions of the table. The rollups are requested by their sensor from
+the rows themselves, and the ``fresh`` checks look at the newest row.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import dagster as dg
 
 from mdp_dagster.io_manager import IO_MANAGER_KEY
+from mdp_dagster.tables import BARS_TABLE, QUOTES_TABLE, table_metadata
 
 __all__ = ["BARS_5S", "QUOTES", "RAW_ASSETS", "raw_asset_for"]
 
@@ -22,7 +24,7 @@ QUOTES = dg.AssetSpec(
     description="Top-of-book quotes written live by the quote streams (table mdp.quotes).",
     group_name=GROUP,
     kinds={"postgres"},
-    metadata={"table": "mdp.quotes"},
+    metadata={"table": QUOTES_TABLE, **table_metadata(QUOTES_TABLE)},
 ).with_io_manager_key(IO_MANAGER_KEY)  # loadable as an input of your own assets
 
 BARS_5S = dg.AssetSpec(
@@ -31,7 +33,7 @@ BARS_5S = dg.AssetSpec(
     "(table mdp.bars, resolution '5s').",
     group_name=GROUP,
     kinds={"postgres"},
-    metadata={"table": "mdp.bars", "resolution": "5s"},
+    metadata={"table": BARS_TABLE, "resolution": "5s", **table_metadata(BARS_TABLE)},
 ).with_io_manager_key(IO_MANAGER_KEY)
 
 RAW_ASSETS: list[dg.AssetSpec] = [QUOTES, BARS_5S]

@@ -19,6 +19,7 @@ import hashlib
 import dagster as dg
 from dagster import OpExecutionContext
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.dlq import DeadLetterQueue, ReplayBusyError, ReplayResult
 from mdp_core.store.database import Database
 from mdp_core.store.sinks import BarsSink, QuotesSink
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 JOB_NAME = "dlq_replay"
-RUN_TAGS = {"mdp/kind": "dlq"}
+RUN_TAGS = {KIND_TAG: "dlq"}
 CRON = "*/15 * * * *"
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 import dagster as dg
 from dagster import AssetExecutionContext
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.settings import RollupSettings, get_settings
 from mdp_core.store.export import ExportResult, export_bars
 from mdp_dagster.resources import StoreResource
@@ -120,7 +121,7 @@ def build_export_defs(
         JOB,
         selection=[EXPORT_KEY],
         executor_def=dg.in_process_executor,
-        tags={"mdp/kind": "export"},
+        tags={KIND_TAG: "export"},
         description="Export one UTC day of rollup bars to Parquet.",
     )
     schedule = dg.build_schedule_from_partitioned_job(

@@ -23,17 +23,18 @@ from dagster import AssetExecutionContext
 from pydantic import Field
 
 from mdp_core.backfill import Backfill, BackfillResult
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.providers.ibkr.pacing import PacingRules
 from mdp_core.settings import HistorySettings, IBKRSettings
 from mdp_core.store.database import Database
 from mdp_dagster.resources import StoreResource
 from mdp_dagster.streaming import load_stream_specs
 
-__all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs", "defs"]
+__all__ = ["HISTORY_KEY", "HistoryConfig", "build_history_defs"]
 
 HISTORY_KEY = dg.AssetKey(["mdp", "bars_history"])
 GROUP = "market_data"
-RUN_TAGS = {"mdp/kind": "history"}
+RUN_TAGS = {KIND_TAG: "history"}
 
 Clock = Callable[[], datetime]
 
@@ -168,6 +169,3 @@ def build_history_defs(
     settings = settings or HistorySettings()
     partitions = dg.DailyPartitionsDefinition(start_date=f"{settings.first_day(clock()):%Y-%m-%d}")
     return dg.Definitions(assets=[_history_asset(partitions)])
-
-
-defs = build_history_defs()

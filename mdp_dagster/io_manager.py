@@ -56,11 +56,11 @@ class MdpIOManager(dg.ConfigurableIOManager):
     """Loads ``mdp/bars_<resolution>`` and ``mdp/quotes`` inputs from mdp's PostgreSQL as
     pandas DataFrames (or Arrow tables) for the partition's time window (module docstring).
 
-    ``dsn_env``: the variable holding the DSN, as for the ``store`` resource (unset: the
+    ``pg_dsn``: the DSN, as for the ``store`` resource (unset: ``MDP_PG_DSN``, else the
     embedded server); ``symbols``: the symbols loaded when an input does not name its own
     (``None``: all)."""
 
-    dsn_env: str = "MDP_PG_DSN"
+    pg_dsn: str | None = None
     symbols: list[str] | None = None
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
@@ -92,7 +92,7 @@ class MdpIOManager(dg.ConfigurableIOManager):
             f"loading {context.asset_key.to_user_string()} for "
             f"[{window.start.isoformat()}, {window.end.isoformat()})"
         )
-        dsn = StoreResource(dsn_env=self.dsn_env).dsn()
+        dsn = StoreResource(pg_dsn=self.pg_dsn).dsn()
         if table == "quotes":
             return read_quotes(symbols, window.start, window.end, dsn=dsn, as_=as_)
         assert resolution is not None

@@ -20,13 +20,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from dagster._core.definitions.unresolved_asset_job_definition import (
-    UnresolvedAssetJobDefinition,
-)
 
+from mdp_core.dagster_names import KIND_TAG
 from mdp_core.settings import RollupSettings
 from mdp_core.store.database import Database
 from mdp_core.store.rollups import (
@@ -39,12 +38,17 @@ from mdp_core.store.rollups import (
 from mdp_dagster.assets import BARS_5S
 from mdp_dagster.io_manager import IO_MANAGER_KEY
 from mdp_dagster.resources import StoreResource
+from mdp_dagster.rollup_checks import (
+    build_freshness_checks,
+    partition_check_keys,
+    partition_checks,
+)
+from mdp_dagster.tables import BARS_TABLE, table_metadata
 
 __all__ = [
     "GROUP",
     "ROLLUP_KEYS",
     "build_rollup_defs",
-    "defs",
     "sparkline",
 ]
 
@@ -59,7 +63,7 @@ ROLLUP_KEYS: dict[str, dg.AssetKey] = {
 }
 SYMBOLS_LISTED = 50  # symbols named in the metadata; the rest are counted
 PREVIEW_SYMBOLS = 20  # rows of the per-symbol summary table
-RUN_TAGS = {"mdp/kind": "rollup"}
+RUN_TAGS = {KIND_TAG: "rollup"}
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # a run over a partition range
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 
@@ -185,7 +189,7 @@ def _rollup_asset(
                 "close, max high, min low, summed volume and trade count, volume-weighted "
                 "vwap. Idempotent upsert; re-materialize a partition after late data."
             ),
-            metadata={"table": "mdp.bars", "resolution": resolution},
+            metadata={"table": BARS_TABLE, "resolution": resolution, **table_metadata(BARS_TABLE)},
         )(_rollup)
 
 
@@ -247,11 +251,13 @@ def _run_request(job: str, group: list[_Rollup], starts: list[datetime]) -> dg.R
     first, last = group[0].partition_key(starts[0]), group[0].partition_key(starts[-1])
     assets = "+".join(r.resolution for r in group)
     selection = [r.asset.key for r in group]
+    checks = partition_check_keys(selection)
     if first == last:
         return dg.RunRequest(
             run_key=f"{first}:{assets}",
             job_name=job,
             asset_selection=selection,
+            asset_check_keys=checks,
             partition_key=first,
             tags=RUN_TAGS,
         )
@@ -259,13 +265,14 @@ def _run_request(job: str, group: list[_Rollup], starts: list[datetime]) -> dg.R
         run_key=f"{first}..{last}:{assets}",
         job_name=job,
         asset_selection=selection,
+        asset_check_keys=checks,
         tags={**RUN_TAGS, RANGE_START_TAG: first, RANGE_END_TAG: last},
     )
 
 
 def build_rollup_sensor(
     rollups: Sequence[_Rollup],
-    jobs: Sequence[UnresolvedAssetJobDefinition],
+    jobs: Sequence[Any],  # what dg.define_asset_job returns
     settings: RollupSettings,
     clock: Clock = _utc_now,
 ) -> dg.SensorDefinition:
@@ -342,7 +349,8 @@ def build_rollup_sensor(
 def build_rollup_defs(
     settings: RollupSettings | None = None, *, clock: Clock = _utc_now
 ) -> dg.Definitions:
-    """The rollup assets, their jobs and the new-data sensor (resources: ``store``)."""
+    """The rollup assets, the checks of each partition written and their freshness checks,
+    the jobs, the new-data sensor and the freshness sensor (resources: ``store``)."""
     settings = settings or RollupSettings()
     first = settings.first_day(clock())
     by_length = {length: _partitions(length, first) for length in (HOUR, DAY)}
@@ -352,21 +360,35 @@ def build_rollup_defs(
         job_name = "rollups_hourly" if length == HOUR else "rollups_daily"
         asset = _rollup_asset(resolution, partitions_def)
         rollups.append(_Rollup(resolution, asset, partitions_def, length, job_name))
+    checks_of_job: dict[str, list[dg.AssetChecksDefinition]] = {}
+    for r in rollups:
+        checks_of_job.setdefault(r.job_name, []).extend(
+            partition_checks(r.asset, r.resolution, r.partitions_def)
+        )
+    checks = [c for job_checks in checks_of_job.values() for c in job_checks]
+    freshness, freshness_sensor = build_freshness_checks(
+        [r.asset for r in rollups if r.length == HOUR],
+        [r.asset for r in rollups if r.length == DAY],
+        settings.grace_seconds,
+    )
     jobs = [
         dg.define_asset_job(
             job_name,
-            selection=[r.asset.key for r in rollups if r.job_name == job_name],
+            # the assets and the checks of their partitions (freshness has its own sensor)
+            selection=dg.AssetSelection.assets(
+                *[r.asset.key for r in rollups if r.job_name == job_name]
+            ).without_checks()
+            | dg.AssetSelection.checks(*checks_of_job[job_name]),
             executor_def=dg.in_process_executor,  # one SQL per asset: no process per step
             tags=RUN_TAGS,
-            description="Rollups of one partition (launched by the rollups_new_data sensor).",
+            description="Rollups of one partition, and the checks of the partition just "
+            "written (launched by the rollups_new_data sensor).",
         )
         for job_name in ("rollups_hourly", "rollups_daily")
     ]
     return dg.Definitions(
         assets=[r.asset for r in rollups],
+        asset_checks=[*checks, *freshness],
         jobs=jobs,
-        sensors=[build_rollup_sensor(rollups, jobs, settings, clock)],
+        sensors=[build_rollup_sensor(rollups, jobs, settings, clock), freshness_sensor],
     )
-
-
-defs = build_rollup_defs()

@@ -1,7 +1,8 @@
 """The streams as Dagster runs: the stream job and its op, and the supervisor sensor.
 
 One run per stream of ``streams.yaml`` (path: ``$MDP_STREAMS_FILE``, else ``./streams.yaml``),
-tagged ``mdp/stream=<name>``; dagster.yaml allows one in-progress run per value of that tag.
+tagged ``mdp/stream=<name>``; the instance settings (``deploy/dagster/dagster.yaml``) allow
+one in-progress run per value of that tag.
 
 The op runs the stream's ``Pipeline`` on an event loop in a thread of its own, while the
 op's (main) thread waits, forwards mdp's log records to the run log and reports progress.
@@ -21,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
 from pydantic import Field
 
+from mdp_core.dagster_names import KIND_TAG, STREAM_TAG, SUPERVISOR_SENSOR
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.errors import error_info
 from mdp_core.pipeline import Pipeline, PipelineStats
 from mdp_core.settings import get_settings
 from mdp_core.store.database import Database, LockHeldError
+from mdp_core.store.heartbeats import last_heartbeats
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 from mdp_dagster.assets import RAW_ASSETS, raw_asset_for
 from mdp_dagster.logging import LoguruBridge
@@ -39,7 +41,6 @@ from mdp_dagster.supervisor import (
     RunView,
     SupervisorPolicy,
     decide,
-    last_heartbeats,
 )
 
 __all__ = [
@@ -57,8 +58,6 @@ __all__ = [
     "streams_file",
 ]
 
-STREAM_TAG = "mdp/stream"
-KIND_TAG = "mdp/kind"
 # Extra time, on top of the coordinator's drain timeout and the provider's stop timeout,
 # that the op waits for the pipeline thread after a termination request.
 DRAIN_MARGIN = 30.0
@@ -105,10 +104,10 @@ class StreamRunConfig(dg.Config):
         description="stop (and drain) after this many seconds; 0: until terminated",
     )
     progress_interval: float = Field(
-        default=30.0, gt=0, description="seconds between progress materializations in the UI"
+        default=30.0, gt=0, description="seconds between progress observations in the UI"
     )
     heartbeat_interval: float = Field(
-        default=SupervisorPolicy().heartbeat_interval,
+        default=SupervisorPolicy().heartbeat.interval,
         gt=0,
         description="seconds between rows in mdp.stream_heartbeats; the supervisor judges "
         "staleness by its policy's interval, so a supervised run keeps the default",
@@ -201,6 +200,14 @@ class PipelineThread:
         except Exception:
             return None  # the loop is closing or too busy to answer now
 
+    def metrics_url(self) -> str | None:
+        """Where the pipeline serves Prometheus metrics (``metrics_port`` in streams.yaml),
+        once it does; ``None`` before, or when the stream has no metrics port."""
+        with self._lock:
+            pipeline = self._pipeline
+        server = pipeline.metrics if pipeline is not None else None
+        return server.url if server is not None else None
+
     def outcome(self) -> tuple[PipelineStats | None, BaseException | None]:
         """Final stats (or the last snapshot) and the error, once the thread has ended."""
         with self._lock:
@@ -279,7 +286,7 @@ def _dlq_depth(dlq: DeadLetterQueue) -> int | None:
 
 @dg.op(
     description="Run one stream of streams.yaml into PostgreSQL until the run is terminated "
-    "(or max_seconds pass), then drain; reports progress as materializations of its table.",
+    "(or max_seconds pass), then drain; reports progress as observations of its table.",
 )
 def run_stream(
     context: dg.OpExecutionContext,
@@ -292,6 +299,8 @@ def run_stream(
     except StreamsConfigError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from None
     asset_key = raw_asset_for(spec.mode, spec.resolution, spec.sessions)
+    # the run's own mdp tags (stream, kind) on each observation: filterable per stream
+    event_tags = {k: v for k, v in context.run.tags.items() if k in (STREAM_TAG, KIND_TAG)}
     queue = dlq.queue()
     runner = PipelineThread(
         spec,
@@ -302,10 +311,20 @@ def run_stream(
         max_seconds=config.max_seconds or None,
     )
 
+    announced: list[str] = []
+
     def report(stats: PipelineStats | None) -> None:
+        url = runner.metrics_url()
+        if url is not None and not announced:
+            announced.append(url)
+            context.log.info(f"stream {spec.name}: Prometheus metrics on {url}")
         if stats is not None and stats.state != "new":
             metadata = _progress_metadata(spec, stats, _dlq_depth(queue))
-            context.log_event(dg.AssetMaterialization(asset_key=asset_key, metadata=metadata))
+            if announced:
+                metadata["metrics_url"] = dg.MetadataValue.url(announced[0])
+            context.log_event(
+                dg.AssetObservation(asset_key=asset_key, metadata=metadata, tags=event_tags)
+            )
 
     level = get_settings().log_level
     poll = min(1.0, config.progress_interval)
@@ -317,15 +336,17 @@ def run_stream(
             while runner.is_alive():
                 runner.join(timeout=poll)
                 bridge.drain()
+                if not announced and runner.metrics_url() is not None:
+                    report(None)  # say where the metrics are as soon as they are served
                 if time.monotonic() >= next_report and runner.is_alive():
                     report(runner.stats())
                     next_report = time.monotonic() + config.progress_interval
-        except DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError:
             _stop_and_drain(runner, bridge, context)
             try:
                 report(runner.outcome()[0])
                 bridge.drain()
-            except DagsterExecutionInterruptedError:
+            except dg.DagsterExecutionInterruptedError:
                 pass  # a repeated interrupt: the heartbeat row has the final counters too
             raise
         except BaseException:  # an unexpected error in this thread: stop, do not orphan
@@ -351,13 +372,13 @@ def _stop_and_drain(runner: PipelineThread, bridge: LoguruBridge, context: Any) 
     deadline = time.monotonic() + runner.drain_budget()
     try:
         context.log.info(f"stream {runner.spec.name}: termination requested, draining")
-    except DagsterExecutionInterruptedError:
+    except dg.DagsterExecutionInterruptedError:
         pass
     while runner.is_alive() and time.monotonic() < deadline:
         try:
             runner.join(timeout=1.0)
             bridge.drain()
-        except DagsterExecutionInterruptedError:
+        except dg.DagsterExecutionInterruptedError:
             continue  # Dagster repeats the interrupt while the run is CANCELING: keep draining
     if runner.is_alive():
         context.log.error(
@@ -394,7 +415,7 @@ def stream_job() -> None:
 
 def stream_run_request(spec: StreamSpec, reason: str) -> dg.RunRequest:
     """A run of ``stream_job`` for ``spec``: never a run key (a stable key would block every
-    relaunch), the stream tag that dagster.yaml's concurrency limit applies to."""
+    relaunch), the stream tag that the instance's concurrency limit applies to."""
     return dg.RunRequest(
         run_key=None,
         run_config=dg.RunConfig(ops={"run_stream": StreamRunConfig(stream=spec.name)}),
@@ -504,6 +525,7 @@ def supervise(
 
 
 @dg.sensor(
+    name=SUPERVISOR_SENSOR,
     job=stream_job,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,

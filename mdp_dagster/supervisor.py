@@ -5,9 +5,9 @@ the age of each STARTED run's last heartbeat, and ``decide`` says whether to lau
 which runs to terminate, and why:
 
 - an active run (queued, starting, started or cancelling) with a fresh heartbeat: nothing;
-- a STARTED run whose last heartbeat (or, before the first one, its start) is older than
-  ``policy.stale_after`` (plus ``policy.start_grace`` before the first heartbeat):
-  terminate it and launch a replacement;
+- a STARTED run whose heartbeats are stale (``HeartbeatPolicy.is_stale`` in
+  ``mdp_core.store.heartbeats``, the rule the health asset uses too): terminate it and
+  launch a replacement;
 - no active run, the last run did not fail (first start, cancelled, rotated after
   ``max_seconds``): launch now;
 - no active run, the last ``n`` runs failed: launch once ``backoff_delay(n)`` seconds have
@@ -17,11 +17,10 @@ which runs to terminate, and why:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-if TYPE_CHECKING:
-    from mdp_core.store.database import Database
+from mdp_core.dagster_names import ACTIVE_RUN_STATUSES
+from mdp_core.store.heartbeats import HeartbeatPolicy
 
 __all__ = [
     "ACTIVE",
@@ -31,29 +30,27 @@ __all__ = [
     "backoff_delay",
     "consecutive_failures",
     "decide",
-    "last_heartbeats",
 ]
 
 # Run statuses (DagsterRunStatus values) that count as "the stream has a run".
-ACTIVE: frozenset[str] = frozenset({"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"})
+ACTIVE: frozenset[str] = frozenset(ACTIVE_RUN_STATUSES)
 FAILED = "FAILURE"
 STARTED = "STARTED"
 
 
 @dataclass(frozen=True, slots=True)
 class SupervisorPolicy:
-    """Timings of the supervisor (seconds)."""
+    """Timings of the supervisor (seconds); staleness is ``heartbeat``'s rule, the one the
+    health asset uses too."""
 
+    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
     backoff_initial: float = 15.0
     backoff_max: float = 600.0
-    heartbeat_interval: float = 15.0  # what the stream runs are configured with
-    stale_factor: float = 3.0  # stale after this many missed heartbeats
-    start_grace: float = 120.0  # extra time before a new run's first heartbeat is due
     history: int = 10  # runs looked at to count consecutive failures
 
     @property
     def stale_after(self) -> float:
-        return self.stale_factor * self.heartbeat_interval
+        return self.heartbeat.stale_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +93,8 @@ def consecutive_failures(runs: Sequence[RunView]) -> int:
 
 
 def _stale_age(run: RunView, last_heartbeat: float | None, now: float, p: SupervisorPolicy) -> bool:
-    if last_heartbeat is not None:
-        return now - last_heartbeat > p.stale_after
     since = run.started if run.started is not None else run.created
-    return now - since > p.stale_after + p.start_grace
+    return p.heartbeat.is_stale(last_heartbeat, since, now)
 
 
 def decide(
@@ -146,17 +141,3 @@ def decide(
         False,
         f"{failures} failed run(s): backing off, next attempt in {delay - (now - ended):.0f}s",
     )
-
-
-_LAST_HEARTBEATS = (
-    "SELECT run_id, extract(epoch FROM max(ts))::float8 AS ts FROM mdp.stream_heartbeats "
-    "WHERE run_id = ANY($1::text[]) GROUP BY run_id"
-)
-
-
-async def last_heartbeats(db: Database, run_ids: Sequence[str]) -> dict[str, float]:
-    """Epoch of the last heartbeat of each of ``run_ids`` that has one (one indexed query)."""
-    if not run_ids:
-        return {}
-    rows = await db.pool.fetch(_LAST_HEARTBEATS, list(run_ids))
-    return {row["run_id"]: float(row["ts"]) for row in rows}

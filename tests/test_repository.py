@@ -125,6 +125,15 @@ def test_production_code_never_imports_the_simulated_gateway() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+def test_production_code_imports_no_private_dagster_module() -> None:
+    """``dagster._*`` is Dagster's private API (it changes in patch releases): mdp_core,
+    mdp_dagster and scripts/ use only what ``import dagster`` exports."""
+    files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    files += [p for p in (ROOT / "scripts").iterdir() if p.is_file()]
+    private = re.compile(r"^\s*(from|import)\s+dagster\._", re.MULTILINE)
+    assert [str(p.relative_to(ROOT)) for p in files if private.search(p.read_text())] == []
+
+
 _MDP_NAME = re.compile(r"MDP_[A-Z0-9_]+")
 
 

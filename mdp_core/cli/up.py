@@ -39,16 +39,22 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 
+from mdp_core.dagster_names import (
+    ACTIVE_RUN_STATUSES,
+    INSTANCE_CONFIG,
+    KIND_TAG,
+    LOCATION,
+    REPOSITORY,
+    SUPERVISOR_SENSOR,
+    WORKSPACE,
+)
 from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.errors import error_info
 from mdp_core.settings import CheckSettings, IBKRSettings, get_settings, ibkr_configured
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
 
-__all__ = ["dagster_url_for", "up"]
+__all__ = ["dagster_url_for", "metrics_addresses", "up"]
 
-LOCATION = "mdp"  # workspace.yaml's location_name
-SENSOR = "stream_supervisor"
-ACTIVE_STATUSES = ["QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING"]
 _STOPPED_MARKER = ".mdp-supervisor-stopped"
 
 
@@ -60,13 +66,13 @@ def _say(message: str) -> None:
 
 
 def project_dir() -> Path:
-    """The directory with workspace.yaml and dagster.yaml: the current one if it has them,
-    else the repository this package was installed from (editable install)."""
+    """The directory with workspace.yaml and deploy/dagster/dagster.yaml: the current one
+    if it has them, else the repository this package was installed from (editable install)."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (candidate / "workspace.yaml").is_file() and (candidate / "dagster.yaml").is_file():
+        if (candidate / WORKSPACE).is_file() and (candidate / INSTANCE_CONFIG).is_file():
             return candidate
     raise click.ClickException(
-        "workspace.yaml and dagster.yaml not found in the current directory or the mdp "
+        f"{WORKSPACE} and {INSTANCE_CONFIG} not found in the current directory or the mdp "
         "repository: run `mdp up` from the repository root"
     )
 
@@ -149,8 +155,8 @@ class Dagster:
 
     _SELECTOR = {
         "repositoryLocationName": LOCATION,
-        "repositoryName": "__repository__",
-        "sensorName": SENSOR,
+        "repositoryName": REPOSITORY,
+        "sensorName": SUPERVISOR_SENSOR,
     }
 
     def sensor_state(self) -> tuple[str | None, str | None]:
@@ -179,7 +185,12 @@ class Dagster:
         data = self.query(
             """query($f: RunsFilter) { runsOrError(filter: $f) {
                  __typename ... on Runs { results { runId status } } } }""",
-            {"f": {"statuses": ACTIVE_STATUSES, "tags": [{"key": "mdp/kind", "value": "stream"}]}},
+            {
+                "f": {
+                    "statuses": list(ACTIVE_RUN_STATUSES),
+                    "tags": [{"key": KIND_TAG, "value": "stream"}],
+                }
+            },
         )["runsOrError"]
         return {r["runId"]: r["status"] for r in data.get("results", [])}
 
@@ -334,11 +345,11 @@ class Stack:
     def start_dagster(self) -> None:
         home = self.dagster_home
         home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.project / "dagster.yaml", home / "dagster.yaml")
+        shutil.copyfile(self.project / INSTANCE_CONFIG, home / "dagster.yaml")
         self.env["DAGSTER_HOME"] = str(home)
         if _port_in_use(self.host, self.port):
             raise click.ClickException(f"port {self.port} is already in use: pass --port")
-        args = [sys.executable, "-m", "dagster", "dev", "-w", str(self.project / "workspace.yaml"),
+        args = [sys.executable, "-m", "dagster", "dev", "-w", str(self.project / WORKSPACE),
                 "-h", self.host, "-p", str(self.port)]  # fmt: skip
         # Run from DAGSTER_HOME: a dagster.yaml in the working directory that is not
         # DAGSTER_HOME's makes Dagster warn at every start.
@@ -432,6 +443,22 @@ class Stack:
             _say("embedded PostgreSQL stopped")
 
 
+def metrics_addresses(specs: list[StreamSpec]) -> list[str]:
+    """One line per stream with a ``metrics_port``: where its Dagster run serves Prometheus
+    metrics (port 0: a free port, named in the run's log)."""
+    lines = []
+    for spec in specs:
+        if spec.metrics_port is None:
+            continue
+        where = (
+            f"http://{spec.metrics_host}:{spec.metrics_port}/metrics"
+            if spec.metrics_port
+            else f"a free port on {spec.metrics_host} (see the run's log)"
+        )
+        lines.append(f"stream {spec.name}: Prometheus metrics on {where}")
+    return lines
+
+
 def _resolve_streams(streams: Path | None, project: Path) -> Path:
     """``--streams``, else ``MDP_STREAMS_FILE``, else the project's ``streams.yaml``."""
     settings = get_settings()
@@ -496,6 +523,8 @@ def up(host: str, port: int, gateway_port: int, streams: Path | None, stop_timeo
         stack.start_dagster()
         names = ", ".join(s.name for s in specs) or "none enabled"
         _say(f"Dagster UI on http://{host}:{port}  (streams: {names}; Ctrl-C stops everything)")
+        for line in metrics_addresses(specs):
+            _say(line)
         while not stopping.wait(1.0):
             if stack.dagster is not None and stack.dagster.poll() is not None:
                 _say(f"dagster dev exited (code {stack.dagster.returncode}); stopping")

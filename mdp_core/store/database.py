@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import json
 import re
 import socket
 from collections.abc import (
@@ -41,6 +40,7 @@ from mdp_core.dsn import describe_dsn, mask_dsn, scrub
 from mdp_core.logs import logger
 from mdp_core.settings import MdpSettings, get_settings
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.store.heartbeats import prune_heartbeats
 
 __all__ = [
     "EMBEDDED_DATABASE",
@@ -629,7 +629,7 @@ class Database:
                     await conn.execute(f"DROP TABLE IF EXISTS mdp.{name}")
                     self._known_partitions.discard((table, day))
                     dropped.append(name)
-            await conn.execute("DELETE FROM mdp.stream_heartbeats WHERE ts < $1", cutoff)
+            await prune_heartbeats(conn, cutoff)
         if dropped:
             logger.info("retention dropped {} partitions older than {}", len(dropped), cutoff)
         return dropped
@@ -688,19 +688,6 @@ class Database:
             datetime.now(UTC) - within,
         )
         return {row["symbol"]: row["ts"] for row in rows}
-
-    async def write_heartbeat(
-        self, stream: str, run_id: str, counters: Mapping[str, Any], *, ts: datetime | None = None
-    ) -> None:
-        """Record that ``stream`` (run ``run_id``) is alive, with its counters (a JSON object)."""
-        await self.pool.execute(
-            "INSERT INTO mdp.stream_heartbeats (stream, run_id, ts, counters) "
-            "VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT DO NOTHING",
-            stream,
-            run_id,
-            ts or datetime.now(UTC),
-            json.dumps(dict(counters)),
-        )
 
     async def status(self, *, count_timeout: float = 5.0) -> dict[str, Any]:
         """Server version, applied migrations and row counts (``None`` for a table whose

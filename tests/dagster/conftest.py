@@ -75,7 +75,13 @@ def write_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[
 
 
 @pytest.fixture
-def gateway_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def gateway_port(gateway: SimulatedGateway) -> int:
+    """The port of ``gateway``."""
+    return gateway.port
+
+
+@pytest.fixture
+def gateway(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimulatedGateway]:
     """The simulated IB Gateway (AAPL, MSFT, SPY; a simulated minute per real second) on a
     free port, served from a thread of its own (the stream op blocks the test's thread);
     MDP_IBKR_HOST/PORT point at it."""
@@ -89,7 +95,7 @@ def gateway_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setenv("MDP_IBKR_HOST", "127.0.0.1")
     monkeypatch.setenv("MDP_IBKR_PORT", str(gateway.port))
     try:
-        yield gateway.port
+        yield gateway
     finally:
         asyncio.run_coroutine_threadsafe(gateway.stop(), loop).result(timeout=30)
         loop.call_soon_threadsafe(loop.stop)

@@ -29,9 +29,16 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.Asset
     return [r.asset_materialization for r in records if r.asset_materialization is not None]
 
 
-def metadata_values(mat: dg.AssetMaterialization) -> dict[str, Any]:
-    """The materialization's metadata as plain values."""
-    return {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+def observations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetObservation]:
+    """Every AssetObservation the run stored in the instance's event log, in order (a stream
+    run's progress reports, also those logged by an op that was interrupted afterwards)."""
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_OBSERVATION)
+    return [r.asset_observation for r in records if r.asset_observation is not None]
+
+
+def metadata_values(event: dg.AssetMaterialization | dg.AssetObservation) -> dict[str, Any]:
+    """The event's metadata as plain values."""
+    return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
 
 
 def run_log_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from mdp_core.calendars import open_intervals
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar, Quote
 from mdp_core.settings import CheckSettings
@@ -18,7 +19,7 @@ from mdp_core.store.database import Database
 from mdp_core.store.rollups import rollup_bars
 from mdp_core.store.sinks import BarsSink, QuotesSink
 from mdp_dagster.assets import BARS_5S, QUOTES
-from mdp_dagster.health import build_health_defs, open_intervals
+from mdp_dagster.health import build_health_defs
 from mdp_dagster.resources import DlqResource, StoreResource
 from mdp_dagster.rollups import ROLLUP_KEYS
 

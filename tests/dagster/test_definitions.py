@@ -15,6 +15,7 @@ import asyncpg
 import dagster as dg
 import pytest
 
+from mdp_core.dagster_names import INSTANCE_CONFIG
 from mdp_core.store.embedded import EmbeddedServer
 from mdp_core.streams import load_streams
 from mdp_dagster.assets import BARS_5S, QUOTES
@@ -59,7 +60,7 @@ def test_definitions_load_and_validate() -> None:
 
 def test_dagster_cli_validates_the_workspace(dagster_db: str, tmp_path: Path) -> None:
     # with the repository's dagster.yaml, as `mdp up` runs it
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO / INSTANCE_CONFIG).read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
     env.update(DAGSTER_HOME=str(tmp_path), MDP_DAGSTER_PG_URL=dagster_db)
     result = subprocess.run(
@@ -69,6 +70,21 @@ def test_dagster_cli_validates_the_workspace(dagster_db: str, tmp_path: Path) ->
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Validation successful" in output
+
+
+def test_dagster_cli_validates_with_nothing_exported() -> None:
+    """In the repository root, with no MDP_* and no DAGSTER_* variable: Dagster uses a
+    temporary instance (the instance settings are not in the root), the code location loads
+    (mdp's resources fall back to the embedded server under .mdp at run time)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MDP_", "DAGSTER_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Validation successful" in output
+    assert "Traceback" not in output
 
 
 def test_default_streams_file_is_valid() -> None:
@@ -82,7 +98,7 @@ def test_default_streams_file_is_valid() -> None:
 def test_repository_dagster_yaml_makes_a_postgres_instance(
     dagster_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO / INSTANCE_CONFIG).read_text())
     monkeypatch.setenv("MDP_DAGSTER_PG_URL", dagster_db)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with dg.DagsterInstance.get() as instance:
@@ -95,8 +111,40 @@ def test_repository_dagster_yaml_makes_a_postgres_instance(
             {"key": "mdp/stream", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
         assert not instance.run_retries_enabled
+        # the rollups' pool is limited (the rollup assets declare pool mdp_rollups)
+        pools = instance.get_concurrency_config().pool_config
+        assert pools.default_pool_limit == 2
+        for resolution in ("1m", "5m", "1h", "1d"):
+            rollup = defs.resolve_assets_def(dg.AssetKey(["mdp", f"bars_{resolution}"]))
+            assert rollup.node_def.pool == "mdp_rollups"
         assert not instance.telemetry_enabled
         # and it stores runs
         config = {"ops": {"run_stream": {"config": {"stream": "x"}}}}
         run = instance.create_run_for_job(stream_job, run_config=config, tags={"mdp/stream": "x"})
         assert instance.get_run_by_id(run.run_id) is not None
+
+
+def test_table_assets_carry_the_columns_of_the_migrated_tables(store_dsn: str) -> None:
+    """dagster/table_name and dagster/column_schema of the raw tables and every rollup equal
+    what a migrated database has (names, types, nullability, in order)."""
+    from mdp_core.store.database import Database
+
+    async def columns(table: str) -> list[tuple[str, str, bool]]:
+        async with Database.connect(store_dsn) as db:
+            rows = await db.pool.fetch(
+                "SELECT attname, format_type(atttypid, atttypmod) AS type, "
+                "NOT attnotnull AS nullable FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                table,
+            )
+        return [(r["attname"], r["type"], r["nullable"]) for r in rows]
+
+    graph = defs.resolve_asset_graph()
+    keys = [QUOTES.key, BARS_5S.key, *(dg.AssetKey(["mdp", f"bars_{r}"]) for r in ("1m", "1d"))]
+    for key in keys:
+        meta = graph.get(key).metadata
+        table = meta["dagster/table_name"].value
+        schema = meta["dagster/column_schema"].value
+        declared = [(c.name, c.type, c.constraints.nullable) for c in schema.columns]
+        assert declared == asyncio.run(columns(table)), key

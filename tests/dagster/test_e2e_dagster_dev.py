@@ -24,6 +24,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from mdp_core.cli.up import Dagster
+from mdp_core.dagster_names import INSTANCE_CONFIG
 from mdp_core.store.embedded import EmbeddedServer
 from mdp_dagster.streaming import STREAM_TAG
 from tests.dagster.helpers import sql_value
@@ -87,7 +88,7 @@ def test_dagster_dev_supervises_a_stream(
     mdp_dsn, dagster_url = databases
     home = tmp_path / "dagster-home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / INSTANCE_CONFIG).read_text())
     streams = tmp_path / "streams.yaml"
     streams.write_text(
         f"streams:\n  - name: {STREAM}\n    provider: synthetic\n    mode: quotes\n"

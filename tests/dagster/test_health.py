@@ -15,9 +15,11 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar
 from mdp_core.settings import CheckSettings, get_settings
 from mdp_core.store.database import Database
+from mdp_core.store.heartbeats import Heartbeat, HeartbeatPolicy, stream_state, write_heartbeat
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import HEALTH_KEY, build_health_defs
 from mdp_dagster.rollups import build_rollup_defs
+from mdp_dagster.supervisor import RunView, SupervisorPolicy, decide
 
 NOW = datetime(2024, 1, 6, 15, 0, tzinfo=UTC)  # a Saturday: XNYS closed
 
@@ -34,7 +36,7 @@ def heartbeats(dsn: str, rows: list[tuple[str, str, datetime, dict[str, Any]]]) 
     async def run() -> None:
         async with Database.connect(dsn, max_size=2) as db:
             for stream, run_id, ts, counters in rows:
-                await db.write_heartbeat(stream, run_id, counters, ts=ts)
+                await write_heartbeat(db, stream, run_id, counters, ts=ts)
 
     asyncio.run(run())
 
@@ -79,7 +81,9 @@ def test_health_tabulates_every_stream(
     )
     spool("live", 2)
     spool("", 1)
-    health = full_defs(resources, stale_after=45.0).get_assets_def(HEALTH_KEY)
+    health = full_defs(
+        resources, heartbeats=HeartbeatPolicy(interval=15.0, stale_factor=3.0)
+    ).get_assets_def(HEALTH_KEY)
     result = dg.materialize([health], resources=resources, instance=instance)
     assert result.success
     (mat,) = result.get_asset_materialization_events()
@@ -180,3 +184,17 @@ def test_schedule_requests_the_job() -> None:
 def test_settings_validate(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         CheckSettings(**{field: 0})
+
+
+@pytest.mark.parametrize("age", [29.0, 30.0, 31.0, 300.0])
+def test_supervisor_and_health_judge_staleness_by_one_rule(age: float) -> None:
+    """A STARTED run's heartbeat of a given age: the supervisor replaces the run exactly when
+    the health asset calls the stream stale (both use HeartbeatPolicy.is_stale)."""
+    now = 1_800_000_000.0
+    policy = HeartbeatPolicy(interval=10.0, stale_factor=3.0, start_grace=60.0)
+    beat = Heartbeat("r1", datetime.fromtimestamp(now - age, UTC), {"state": "running"})
+    health = stream_state(beat, datetime.fromtimestamp(now, UTC), policy)
+    run = RunView("r1", "STARTED", created=now - 1000, started=now - 1000)
+    decision = decide("s", [run], {"r1": now - age}, now, SupervisorPolicy(heartbeat=policy))
+    assert (health == "stale") is decision.launch is (age > 30.0)
+    assert health in ("stale", "running")

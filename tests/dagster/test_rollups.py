@@ -15,7 +15,9 @@ from mdp_core.store.database import Database
 from mdp_core.store.rollups import fetch_bars
 from mdp_core.store.sinks import BarsSink
 from mdp_dagster.assets import RAW_ASSETS
+from mdp_dagster.rollup_checks import deadline_minute, partition_check_keys
 from mdp_dagster.rollups import ROLLUP_KEYS, build_rollup_defs, sparkline
+from tests.dagster.helpers import sql_value
 from tests.store.test_rollups_sql import (
     START,
     assert_same_bars,
@@ -300,9 +302,12 @@ def test_sensor_request_runs(
     assert tick()
     (rr,) = requests
     job = full_defs(build_rollup_defs(SETTINGS), resources).resolve_job_def(rr.job_name or "")
+    job = job.get_subset(
+        asset_selection=set(rr.asset_selection or []),
+        asset_check_selection=set(rr.asset_check_keys or []),
+    )
     result = job.execute_in_process(
         partition_key=rr.partition_key,
-        asset_selection=list(rr.asset_selection or []),
         resources=resources,
         instance=instance,
         tags=rr.tags,
@@ -311,6 +316,68 @@ def test_sensor_request_runs(
     got = table_frame(read_bars(store_dsn, "1m", DAY, DAY + timedelta(days=1)))
     assert_same_bars(got, pandas_rollup(bars, "1m"))
     assert len(read_bars(store_dsn, "1h", DAY, DAY + timedelta(days=1))) == 1
+    # the same run checked the partition it wrote (and only that one)
+    evaluations = result.get_asset_check_evaluations()
+    names = {(e.asset_key.path[-1], e.check_name) for e in evaluations}
+    assert names == {
+        (f"bars_{res}", check)
+        for res in ("1m", "5m", "1h")
+        for check in ("partition_ohlc_sane", "partition_no_duplicates")
+    }
+    assert all(e.passed for e in evaluations)
+    ohlc_1m = next(
+        e for e in evaluations
+        if e.asset_key == ROLLUP_KEYS["1m"] and e.check_name == "partition_ohlc_sane"
+    )  # fmt: skip
+    assert ohlc_1m.metadata["rows_checked"].value == len(got)  # 3 bars of 1m in 9:00-9:02:30
+    assert ohlc_1m.metadata["window_start"].value == DAY.replace(hour=9).isoformat()
+
+
+def test_partition_check_fails_on_a_bad_bar_of_that_partition(
+    store_dsn: str, resources: dict[str, object], instance: dg.DagsterInstance
+) -> None:
+    """A bad rollup row in the partition fails its check; one in another partition does not."""
+    write_bars(
+        store_dsn, [bar_at(DAY.replace(hour=9) + timedelta(seconds=5 * i)) for i in range(12)]
+    )
+    defs = full_defs(build_rollup_defs(SETTINGS), resources)
+    job = defs.resolve_job_def("rollups_hourly")
+
+    def run(partition: str) -> dict[str, bool]:
+        keys = [ROLLUP_KEYS["1m"]]
+        subset = job.get_subset(
+            asset_selection=set(keys), asset_check_selection=set(partition_check_keys(keys))
+        )
+        result = subset.execute_in_process(
+            partition_key=partition, resources=resources, instance=instance, raise_on_error=False
+        )
+        return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+    # A 1m row with high < low in the 10:00 partition (the table's constraint, dropped for
+    # this test's database, would refuse it): only the check of that partition fails.
+    sql_value(store_dsn, "ALTER TABLE mdp.bars DROP CONSTRAINT bars_prices_check")
+    sql_value(
+        store_dsn,
+        "INSERT INTO mdp.bars (symbol, resolution, ts, open, high, low, close, volume) "
+        "VALUES ('AAPL', '1m', $1, 10, 9, 11, 10, 1)",
+        DAY.replace(hour=10, minute=30),
+    )
+    assert run("2024-01-03-09:00") == {"partition_ohlc_sane": True, "partition_no_duplicates": True}
+    assert run("2024-01-03-10:00") == {
+        "partition_ohlc_sane": False,
+        "partition_no_duplicates": True,
+    }
+
+
+def test_rollup_freshness_checks_and_sensor(resources: dict[str, object]) -> None:
+    defs = full_defs(build_rollup_defs(SETTINGS), resources)
+    graph = defs.resolve_asset_graph()
+    for key in ROLLUP_KEYS.values():
+        checks = {k.name for k in graph.get_check_keys_for_assets({key})}
+        assert {"freshness_check", "partition_ohlc_sane", "partition_no_duplicates"} <= checks
+    sensor = defs.resolve_sensor_def("rollups_freshness")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert deadline_minute(120) == 10 and deadline_minute(900) == 21
 
 
 def test_sensor_skips_without_data(sensor_tick: tuple[Clock, Tick, list[dg.RunRequest]]) -> None:

@@ -1,5 +1,5 @@
 """The stream op run in process against the real embedded PostgreSQL: rows, progress
-materializations, the run log, a clean drain on interrupt, and its failure modes."""
+observations, the run log, a clean drain on interrupt, and its failure modes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,13 @@ import pytest
 
 from mdp_dagster.assets import BARS_5S, QUOTES
 from mdp_dagster.streaming import PipelineThread, StreamRunConfig, stream_job
-from tests.dagster.helpers import materializations, metadata_values, run_log_messages, sql_value
+from tests.dagster.helpers import (
+    materializations,
+    metadata_values,
+    observations,
+    run_log_messages,
+    sql_value,
+)
 
 SYNTHETIC_QUOTES = """
 streams:
@@ -51,9 +57,15 @@ def test_stream_writes_rows_and_reports_progress(
         heartbeat_interval=0.5,
     )  # fmt: skip
     assert result.success
-    mats = materializations(instance, result.run_id)
+    mats = observations(instance, result.run_id)
     assert len(mats) >= 2  # periodic progress, then the final counters
     assert {m.asset_key for m in mats} == {QUOTES.key}
+    # Progress is observed, not materialized: no new version of the table every 30 s.
+    assert materializations(instance, result.run_id) == []
+    assert all(m.tags == {"mdp/kind": "stream"} for m in mats)  # the run's mdp tags
+    # Numbers stay numbers (the UI plots them).
+    assert isinstance(mats[-1].metadata["committed"], dg.IntMetadataValue)
+    assert isinstance(mats[-1].metadata["rate_per_s"], dg.FloatMetadataValue)
     final = metadata_values(mats[-1])
     assert final["stream"] == "syn_quotes"
     assert final["state"] == "finished"
@@ -129,7 +141,7 @@ def test_interrupt_drains_with_nothing_lost(
     assert not result.success
     messages = run_log_messages(instance, result.run_id)
     assert any("termination requested" in m for m in messages)
-    mats = [metadata_values(m) for m in materializations(instance, result.run_id)]
+    mats = [metadata_values(m) for m in observations(instance, result.run_id)]
     final = mats[-1]
     assert final["state"] == "finished"
     assert final["received"] > 500
@@ -217,8 +229,8 @@ def test_bars_stream_reports_bars_asset(
     )
     result = _run(instance, resources, stream="syn_bars", max_seconds=30.0)
     assert result.success
-    final = metadata_values(materializations(instance, result.run_id)[-1])
-    assert materializations(instance, result.run_id)[-1].asset_key == BARS_5S.key
+    final = metadata_values(observations(instance, result.run_id)[-1])
+    assert observations(instance, result.run_id)[-1].asset_key == BARS_5S.key
     assert final["received"] == 400
     assert sql_value(store_dsn, "SELECT count(*) FROM mdp.bars WHERE resolution = '5s'") == 400
 
@@ -249,7 +261,7 @@ def test_ibkr_stream_from_the_simulated_gateway(
     )
     result = _run(instance, resources, stream=f"ibkr_{mode}", max_seconds=4.0)
     assert result.success
-    mats = materializations(instance, result.run_id)
+    mats = observations(instance, result.run_id)
     final = metadata_values(mats[-1])
     assert mats[-1].asset_key == asset.key
     assert final["provider"] == "ibkr" and final["received"] > 0

@@ -13,6 +13,10 @@ import dagster as dg
 import pytest
 
 from mdp_core.store.database import Database
+from mdp_core.store.heartbeats import (
+    HeartbeatPolicy,
+    write_heartbeat,
+)
 from mdp_core.streams import StreamsConfigError
 from mdp_dagster.resources import StoreResource
 from mdp_dagster.streaming import (
@@ -33,7 +37,7 @@ from mdp_dagster.supervisor import (
 )
 
 NOW = 1_800_000_000.0
-POLICY = SupervisorPolicy(heartbeat_interval=15, stale_factor=3, start_grace=60)
+POLICY = SupervisorPolicy(heartbeat=HeartbeatPolicy(interval=15, stale_factor=3, start_grace=60))
 
 TWO_STREAMS = """
 streams:
@@ -125,7 +129,7 @@ def _seed_run(instance: dg.DagsterInstance, stream: str, status: dg.DagsterRunSt
 def _heartbeat(dsn: str, stream: str, run_id: str, age: timedelta) -> None:
     async def write() -> None:
         async with Database.connect(dsn, max_size=1) as db:
-            await db.write_heartbeat(stream, run_id, {"committed": 1}, ts=datetime.now(UTC) - age)
+            await write_heartbeat(db, stream, run_id, {"committed": 1}, ts=datetime.now(UTC) - age)
 
     asyncio.run(write())
 

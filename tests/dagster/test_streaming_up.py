@@ -9,10 +9,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import yaml
 
-from mdp_core.cli.up import Stack, dagster_url_for
+from mdp_core.cli.up import Stack, dagster_url_for, metrics_addresses
 from mdp_core.store.database import load_migrations
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.streams import StreamSpec
 
 
 @pytest.mark.parametrize(
@@ -66,3 +68,25 @@ def test_start_database_prepares_the_embedded_server_for_mdp_and_dagster() -> No
     finally:
         server.destroy()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_mdp_up_says_where_each_stream_serves_metrics() -> None:
+    specs = [
+        StreamSpec(name="a", symbols=["AAPL"], metrics_port=9108),
+        StreamSpec(name="b", symbols=["AAPL"]),
+        StreamSpec(name="c", symbols=["AAPL"], metrics_port=0, metrics_host="0.0.0.0"),
+    ]
+    assert metrics_addresses(specs) == [
+        "stream a: Prometheus metrics on http://127.0.0.1:9108/metrics",
+        "stream c: Prometheus metrics on a free port on 0.0.0.0 (see the run's log)",
+    ]
+
+
+def test_mdp_up_uses_the_shared_dagster_names() -> None:
+    """`mdp up` and the code location agree on the names (one definition, in mdp_core)."""
+    from mdp_core.cli import up
+    from mdp_dagster.streaming import stream_supervisor
+
+    assert stream_supervisor.name == up.SUPERVISOR_SENSOR
+    workspace = yaml.safe_load((Path(__file__).resolve().parents[2] / up.WORKSPACE).read_text())
+    assert workspace["load_from"][0]["python_module"]["location_name"] == up.LOCATION

@@ -34,7 +34,7 @@ from mdp_core.streams import StreamSpec
 from mdp_dagster.assets import RAW_ASSETS
 from mdp_dagster.health import build_health_defs
 from mdp_dagster.io_manager import IO_MANAGER_KEY, MdpIOManager
-from mdp_dagster.resources import DlqResource, StoreResource
+from mdp_dagster.resources import DlqResource, StoreResource, store_resource
 from mdp_dagster.rollups import build_rollup_defs
 from mdp_dagster.streaming import StreamRunConfig, stream_job
 from tests.security.helpers import (
@@ -316,10 +316,11 @@ def test_store_resource_config_holds_only_the_variable_name(
     secret_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MDP_PG_DSN", secret_dsn)
-    store = StoreResource()
-    assert store.dsn() == secret_dsn  # read from the environment when needed
-    assert store.model_dump() == {"dsn_env": "MDP_PG_DSN"}
+    store = store_resource()  # what the code location binds
+    assert store.dsn() == secret_dsn  # resolved from the environment when needed
+    assert store.model_dump() == {"pg_dsn": "MDP_PG_DSN"}  # Dagster's EnvVar: the name only
     assert_no_secret(repr(store), store.model_dump_json())
+    assert StoreResource().dsn() == secret_dsn  # unconfigured: mdp's settings
 
 
 STREAMS = """

@@ -21,19 +21,17 @@ from pydantic import ValidationError
 from mdp_core import CoordinatorSettings, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Bar, Quote
+from mdp_core.settings import CheckSettings
 from mdp_core.store.database import Database, LockHeldError, partition_name
+from mdp_core.store.heartbeats import (
+    last_heartbeats,
+    latest_heartbeats,
+    write_heartbeat,
+)
 from mdp_core.store.rollups import fetch_bars, rollup_bars, rollup_mismatches, summarize_bars
 from mdp_core.store.sinks import BarsSink, QuotesSink
 from mdp_core.streams import StreamsConfigError, StreamSpec, load_streams
-from mdp_dagster.health import (
-    CheckSettings,
-    check_duplicates,
-    check_freshness,
-    check_gaps,
-    check_ohlc,
-    latest_heartbeats,
-)
-from mdp_dagster.supervisor import last_heartbeats
+from mdp_dagster.check_logic import check_duplicates, check_freshness, check_gaps, check_ohlc
 from tests.security.helpers import write_text
 
 NASTY = [
@@ -214,7 +212,7 @@ async def test_lock_keys_and_heartbeats_are_parameters(db: Database) -> None:
         pass
     names = ["x'); DROP TABLE mdp.stream_heartbeats; --", "株式", 'A"B', "%s"]
     for i, name in enumerate(names):
-        await db.write_heartbeat(name, f"run'{i}; --", {"note": name, "n": i})
+        await write_heartbeat(db, name, f"run'{i}; --", {"note": name, "n": i})
     latest = await latest_heartbeats(db, names)
     assert set(latest) == set(names)
     assert all(latest[n].counters["note"] == n for n in names)
@@ -325,9 +323,9 @@ ALLOWED = {
     ("mdp_core/store/read.py", "ArrowReader.read.work", "sql"),
     ("mdp_core/store/read.py", "ArrowReader.read.work", "query"),
     # lookups in constant dicts of queries; unknown names raise ValueError (_sql_for)
-    ("mdp_dagster/health.py", "check_freshness", "_sql_for(_NEWEST, table)"),
-    ("mdp_dagster/health.py", "check_duplicates", "_sql_for(_DUPLICATES_SQL, table)"),
-    ("mdp_dagster/health.py", "check_duplicates", "_sql_for(_DUPLICATE_KEYS_SQL, table)"),
+    ("mdp_dagster/check_logic.py", "check_freshness", "sql_for(NEWEST_SQL, table)"),
+    ("mdp_dagster/check_logic.py", "check_duplicates", "sql_for(DUPLICATES_SQL, table)"),
+    ("mdp_dagster/check_logic.py", "check_duplicates", "sql_for(DUPLICATE_KEYS_SQL, table)"),
 }  # fmt: skip
 
 

@@ -19,6 +19,7 @@ from mdp_core.store.database import (
     load_migrations,
 )
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.store.heartbeats import write_heartbeat
 from mdp_core.store.sinks import BarsSink, QuotesSink
 from tests.store.helpers import make_bars, make_quotes
 
@@ -235,7 +236,7 @@ async def test_retention_drops_exactly_the_old_partitions(db: Database) -> None:
             await quotes.write(make_quotes(10, start=start + timedelta(days=day)))
             await bars.write(make_bars(10, start=start + timedelta(days=day)))
     for day in range(5):
-        await db.write_heartbeat("s", "run", {"n": day}, ts=start + timedelta(days=day))
+        await write_heartbeat(db, "s", "run", {"n": day}, ts=start + timedelta(days=day))
 
     # now = 6 March 06:00, keep 3 days: cutoff 3 March 06:00; 1 and 2 March end before it
     now = datetime(2024, 3, 6, 6, tzinfo=UTC)
@@ -290,7 +291,7 @@ async def test_count_refuses_unknown_tables(db: Database) -> None:
 
 async def test_heartbeats_store_counters(db: Database) -> None:
     ts = datetime(2024, 1, 2, tzinfo=UTC)
-    await db.write_heartbeat("aapl", "run-1", {"committed": 5}, ts=ts)
+    await write_heartbeat(db, "aapl", "run-1", {"committed": 5}, ts=ts)
     row = await db.pool.fetchrow("SELECT stream, run_id, ts, counters FROM mdp.stream_heartbeats")
     assert (row["stream"], row["run_id"], row["ts"]) == ("aapl", "run-1", ts)
     assert row["counters"] == '{"committed": 5}'

@@ -33,6 +33,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 
 from mdp_core.cli.up import Dagster
+from mdp_core.dagster_names import INSTANCE_CONFIG
 from tests.topology.services import Service, free_port, port_open, stop_all, wait_for
 from tests.topology.tcp_postgres import TcpPostgres
 
@@ -255,7 +256,7 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
 
         dagster_home = tmp_path / "dagster-home"  # the webserver's and the daemon's
         dagster_home.mkdir()
-        shutil.copyfile(REPO / "dagster.yaml", dagster_home / "dagster.yaml")
+        shutil.copyfile(REPO / INSTANCE_CONFIG, dagster_home / "dagster.yaml")
         workspace = dagster_home / "workspace.yaml"
         workspace.write_text(
             "load_from:\n"
