@@ -30,7 +30,7 @@ lock:
 		$(if $(UPGRADE),--upgrade) -o $(CONSTRAINTS)
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # make test-ib-insync: the IBKR tests that exercise the client library, run again in a
 # second venv with ib_insync (the provider's fallback) and no ib_async, against the

@@ -11,7 +11,7 @@ import dagster as dg
 
 from mdp_dagster.rollups import ROLLUP_KEYS
 from mdp_dagster.streaming import StreamRunConfig, stream_job
-from tests.dagster.helpers import materializations, metadata_values, sql_value
+from tests.dagster.helpers import metadata_values, observations, sql_value
 
 SPY = Path(__file__).resolve().parents[2] / "data" / "SPY_1min_2011-01.csv"
 
@@ -43,7 +43,7 @@ def test_a_session_stream_reports_its_own_asset_and_outside_session_drops(
         raise_on_error=False,
     )
     assert result.success
-    last = materializations(instance, result.run_id)[-1]
+    last = observations(instance, result.run_id)[-1]
     assert last.asset_key == dg.AssetKey(["mdp", "bars_1d_xnys"]) != ROLLUP_KEYS["1d"]
     final = metadata_values(last)
     assert final["state"] == "finished" and final["balanced"] is True
