@@ -204,16 +204,22 @@ def _text_files() -> Iterator[Path]:
             yield path
 
 
-@pytest.mark.parametrize(
-    "citation",
-    ["/work/", "../shared", "DESIGN.md", "reliability.md", "tws-protocol.md", "dagster-notes.md"],
-)
+# The development machine's paths and the notes that stayed outside the repository. Spelled
+# in pieces, so that this file does not contain what it looks for and is checked like the rest.
+CITATIONS = [
+    "/" + "work/",
+    ".." + "/shared",
+    "DESIGN" + ".md",
+    "reliability" + ".md",
+    "tws-protocol" + ".md",
+    "dagster-notes" + ".md",
+]
+
+
+@pytest.mark.parametrize("citation", CITATIONS)
 def test_nothing_cites_what_is_not_in_the_repository(citation: str) -> None:
-    this = Path(__file__).resolve()
     citing = []
     for path in _text_files():
-        if path.resolve() == this:
-            continue
         try:
             text = path.read_text()
         except (UnicodeDecodeError, OSError):
