@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -36,6 +33,7 @@ from typing import Any
 
 from benchmarks.common import (
     bench_database,
+    gateway_subprocess,
     machine,
     markdown_table,
     median,
@@ -55,38 +53,16 @@ SCALE = 0.02  # IB's windows x 0.02: 10 minutes -> 12 s, 15 s -> 0.3 s, 2 s -> 0
 QUICK_SCALE = 0.005
 TARGET_RATIO = 1.2
 GATEWAY_START = "2024-03-01"  # the simulated "now": January lies in the past
-_LISTENING = re.compile(r"simulated IB Gateway on ([\d.]+):(\d+)")
 
 
 @contextlib.contextmanager
 def gateway(scale: float) -> Iterator[int]:
     """``mdp gateway`` with IB's pacing scaled by ``scale``, in a subprocess; its port."""
-    command = [
-        sys.executable, "-m", "mdp_core.cli", "gateway", "--port", "0",
+    with gateway_subprocess(
         "--symbols", ",".join(SYMBOLS), "--start", GATEWAY_START,
         "--history-pacing-scale", str(scale), "--log-level", "WARNING",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            match = _LISTENING.search(line)
-            if match:
-                port = int(match.group(2))
-                break
-        if port is None:
-            raise RuntimeError(f"the gateway did not start: {proc.wait()}")
+    ) as (port, _):  # fmt: skip
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def trading_minutes(start: datetime, end: datetime) -> int:

@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import subprocess
 import sys
 import time
@@ -50,7 +49,14 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import machine, markdown_table, now_iso, quiet_logging, write_json
+from benchmarks.common import (
+    gateway_subprocess,
+    machine,
+    markdown_table,
+    now_iso,
+    quiet_logging,
+    write_json,
+)
 from mdp_core.gateway import SimTick, SimulatedGateway
 from mdp_core.gateway.protocol import tick_frames
 from mdp_core.providers.ibkr import IBKROptions, IBKRStreamSource
@@ -61,7 +67,6 @@ from mdp_core.settings import IBKRSettings
 TARGET_QUOTES_PER_S = 20_000
 #: The source's default ``read_chunk`` (what production uses).
 DEFAULT_READ_CHUNK: int | None = IBKROptions().read_chunk
-_LISTENING = re.compile(r"simulated IB Gateway on ([\d.]+):(\d+)")
 
 
 @dataclass(frozen=True)
@@ -93,34 +98,13 @@ class GatewayProcess:
 @contextlib.contextmanager
 def gateway_process(config: GatewayConfig) -> Iterator[GatewayProcess]:
     """``mdp gateway`` in a subprocess on a free port."""
-    command = [
-        sys.executable, "-m", "mdp_core.cli", "gateway", "--port", "0",
+    with gateway_subprocess(
         "--symbols", ",".join(symbols(config.symbols)),
         "--time-compression", str(config.time_compression),
         "--tick-interval", str(config.tick_interval),
         "--trades-per-bar", config.trades_per_bar, "--log-level", "WARNING",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        port = None
-        for line in proc.stderr:
-            match = _LISTENING.search(line)
-            if match:
-                port = int(match.group(2))
-                break
-        if port is None:
-            raise RuntimeError(f"the gateway did not start: {proc.wait()}")
+    ) as (port, proc):  # fmt: skip
         yield GatewayProcess(port, psutil.Process(proc.pid))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def measure_streams(

@@ -11,12 +11,14 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,34 @@ def _looks_numeric(cell: str) -> bool:
 def quiet_logging() -> None:
     """Library logs at WARNING and above only, so the benchmark's own output stays readable."""
     configure_logging("WARNING")
+
+
+_LISTENING = re.compile(r"simulated IB Gateway on ([\d.]+):(\d+)")
+
+
+@contextmanager
+def gateway_subprocess(*options: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """``mdp gateway --port 0 OPTIONS`` in a subprocess: its port (read from the line it logs
+    once listening) and the process, terminated (killed after 10 s) when the block ends."""
+    command = [sys.executable, "-m", "mdp_core.cli", "gateway", "--port", "0", *options]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        port = None
+        for line in proc.stderr:
+            match = _LISTENING.search(line)
+            if match:
+                port = int(match.group(2))
+                break
+        if port is None:
+            raise RuntimeError(f"the gateway did not start: {proc.wait()}")
+        yield port, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
