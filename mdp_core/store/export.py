@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mdp_core.dlq.files import fsync_dir
 from mdp_core.store.read import (
     ArrowReader,
     ReadRequest,
@@ -135,14 +136,6 @@ def _days(start: datetime, end: datetime) -> Iterator[tuple[date, datetime, date
 # -- writing one file -----------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _temp_prefix(final: Path) -> str:
     return f".{final.name}."
 
@@ -202,7 +195,7 @@ def write_atomically(table: pa.Table, final: Path, fmt: Format) -> int:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return size
 
 
