@@ -181,8 +181,17 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             f"{chain['ratio_to_bare']:.1f} x bare",
             chain["us_per_event"] < 3.0,
         )
+        end_to_end = ops["chain_edge_to_chain"]["median"]
+        add(
+            "counting at the edge <= 5% of the operator chain",
+            "operators",
+            f"{ops['edge_us_per_event']:.3f} us/event (median of {ops['edge_pairs']} pairs)",
+            f"chain {chain['us_per_event']:.2f} us/event; chain_edge / chain {end_to_end:.3f}",
+            f"{ops['edge_share_of_chain']:.1%} of the chain",
+            ops["edge_meets_target"],
+        )
     else:
-        missing("operator chain < 3 us/event", "operators")
+        missing("operator chain < 3 us/event, edge <= 5% of it", "operators")
 
     ibkr = _ok(entries.get("ibkr"))
     if ibkr:

@@ -19,6 +19,7 @@ from benchmarks import (
     bench_import,
     bench_latency,
     bench_memory,
+    bench_operators,
     bench_read,
     bench_rollups,
     bench_store,
@@ -161,11 +162,21 @@ def test_report_renders_every_benchmark_from_its_figures() -> None:
         assert lines[0].startswith("| "), (name, lines)  # a table, not "could not render"
         assert lines[-1].endswith("."), (name, lines)
     rows = summary(entries)
-    assert len(rows) == 13 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
+    assert len(rows) == 14 and all(row["result"] in ("PASS", "FAIL") for row in rows), rows
     ibkr = entries["ibkr"]["result"]
     (headline,) = [row for row in rows if row["benchmark"] == "ibkr"]
     assert headline["result"] == ("PASS" if ibkr["met_target"] else "FAIL")
     assert f"{ibkr['quotes_per_s_50_symbols']:,.0f} quotes/s" in headline["measured"]
+
+
+def test_edge_stages_pass_every_event_and_pair_up() -> None:
+    """The edge's paired measurement runs the two channel stages on the same events; the
+    edge stage hands every event on (counted) and the chain makes its bars either way."""
+    events = bench_operators.build_events(3_000)
+    assert asyncio.run(bench_operators.run_channel(events)) == 3_000
+    assert asyncio.run(bench_operators.run_channel_edge(events)) == 3_000
+    assert asyncio.run(bench_operators.run_chain_edge(events)) == bench_operators.SYMBOLS
+    assert len(bench_operators._edge_cost(events, 4)) == 4
 
 
 def test_percentile_interpolates() -> None:
