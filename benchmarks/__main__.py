@@ -286,8 +286,13 @@ def summary(entries: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             f"mdp import >= {imp['target_ratio']} x raw COPY -> upsert limit (bars)",
             "import",
             f"{i['rows_per_s']:,.0f} bars/s ({imp['rows']:,} 1-minute bars, CSV)",
-            f"raw limit {limit['rows_per_s']:,.0f} rows/s; live path "
-            f"{imp['live']['rows_per_s']:,.0f} bars/s",
+            f"raw limit {limit['rows_per_s']:,.0f} rows/s; "
+            + (
+                f"direct COPY {imp['raw_direct_best']['rows_per_s']:,.0f}; "
+                if "raw_direct_best" in imp
+                else ""
+            )
+            + f"live path {imp['live']['rows_per_s']:,.0f} bars/s",
             f"{i['ratio_to_raw']:.2f} x",
             imp["passed"],
         )

@@ -1,4 +1,4 @@
-"""``mdp import`` of one million 1-minute bars against the raw COPY -> upsert limit for bars.
+"""``mdp import`` of one million 1-minute bars against the raw COPY limits for bars.
 
     python -m benchmarks.bench_import            # 1,000,000 bars, median of 3
     python -m benchmarks.bench_import --quick    # 50,000 bars, 1 run
@@ -9,13 +9,14 @@ with an offset), the same bars also kept as prebuilt tuples. Everything runs on 
 embedded server (or a temporary database on ``MDP_PG_DSN``); ``mdp.bars`` is truncated
 before every measurement, its daily partitions created once beforehand.
 
-(a) raw limit: the prebuilt tuples, asyncpg binary COPY into the TEMP stage +
-    ``INSERT ... ON CONFLICT DO NOTHING`` (the sinks' statement), one transaction per batch,
-    in tight loops on plain connections; a sweep of batch sizes and connections, then the
-    best configuration again, interleaved with (b);
+(a) raw limits: the prebuilt tuples, asyncpg binary COPY, one transaction per batch, in
+    tight loops on plain connections: ``idempotent``, into the TEMP stage + ``INSERT ... ON
+    CONFLICT DO NOTHING`` (the sinks' statement; the target's reference), and ``direct``,
+    straight into ``mdp.bars`` (the fast path's limit); a sweep of batch sizes and
+    connections each, then the best configurations again, interleaved with (b);
 (b) ``mdp import FILE`` as a user runs it (a subprocess, default settings: 2 workers),
     wall time from start to exit: process start, reading the CSV, validating in columns,
-    pgpq encoding, COPY and upsert;
+    pgpq encoding, COPY (new bars: straight into the table, the fast path);
 (c) for reference, the live path the import replaces: ``mdp stream --provider replay``
     over the same file (replay provider -> channel -> WriteCoordinator -> BarsSink), once.
 
@@ -59,6 +60,7 @@ SYMBOLS = 100
 START = datetime(2024, 1, 2, tzinfo=UTC)
 BATCH_SIZES = (10_000, 50_000)
 PARALLEL = (1, 2, 4)
+RAW_PATHS = ("idempotent", "direct")
 MDP = str(Path(sys.executable).with_name("mdp"))
 #: What a run stored, to compare paths (the smoke test does).
 STORED_SQL = (
@@ -100,9 +102,14 @@ async def _check(db: Database, expected: int) -> None:
 
 
 async def measure_raw(
-    db: Database, rows: list[tuple[Any, ...]], batch_size: int, connections: int
+    db: Database,
+    rows: list[tuple[Any, ...]],
+    batch_size: int,
+    connections: int,
+    path: str = "idempotent",
 ) -> float:
-    """(a) Rows/s of COPY -> stage -> INSERT ON CONFLICT from prebuilt tuples."""
+    """(a) Rows/s of COPY -> stage -> INSERT ON CONFLICT (``idempotent``), or of COPY into
+    mdp.bars (``direct``), from prebuilt tuples."""
     await _reset(db)
     conns = [await asyncpg.connect(db.dsn) for _ in range(connections)]
     try:
@@ -113,6 +120,11 @@ async def measure_raw(
         async def worker(conn: asyncpg.Connection) -> None:
             for batch in batches:  # shared iterator: each batch goes to one worker
                 async with conn.transaction():
+                    if path == "direct":
+                        await conn.copy_records_to_table(
+                            "bars", records=batch, columns=BarsSink.columns, schema_name="mdp"
+                        )
+                        continue
                     await conn.copy_records_to_table(
                         STAGE_TABLES["bars"], records=batch, columns=BarsSink.columns
                     )
@@ -172,28 +184,37 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
             days = {(START + timedelta(days=d)).date() for d in range(n // SYMBOLS // 1440 + 2)}
             await db.ensure_partitions("bars", days)
 
-            sweep: dict[tuple[int, int], list[float]] = {}
-            for batch_size in BATCH_SIZES:
-                for connections in PARALLEL:
-                    rate = await measure_raw(db, rows, batch_size, connections)
-                    sweep[batch_size, connections] = [rate]
-                    say("import", f"raw batch {batch_size:,} x {connections}: {rate:,.0f} rows/s")
-            best = max(sweep, key=lambda k: median(sweep[k]))
-            raw_runs: list[float] = []
+            sweeps: dict[str, dict[tuple[int, int], list[float]]] = {}
+            for how in RAW_PATHS:
+                sweep = sweeps[how] = {}
+                for batch_size in BATCH_SIZES:
+                    for connections in PARALLEL:
+                        rate = await measure_raw(db, rows, batch_size, connections, how)
+                        sweep[batch_size, connections] = [rate]
+                        say("import", f"raw {how} batch {batch_size:,} x {connections}: "
+                                      f"{rate:,.0f} rows/s")  # fmt: skip
+            bests = {how: max(s, key=lambda k, s=s: median(s[k])) for how, s in sweeps.items()}
+            raw_runs: dict[str, list[float]] = {how: [] for how in RAW_PATHS}
             import_runs: list[float] = []
-            for _ in range(repeats):  # interleaved, so load from elsewhere hits both alike
+            for _ in range(repeats):  # interleaved, so load from elsewhere hits all alike
                 import_runs.append(await measure_import(db, path, n))
-                raw_runs.append(await measure_raw(db, rows, *best))
-                say("import", f"import {import_runs[-1]:,.0f} rows/s, raw {raw_runs[-1]:,.0f}")
-            sweep[best] += raw_runs
+                for how in RAW_PATHS:
+                    raw_runs[how].append(await measure_raw(db, rows, *bests[how], how))
+                say("import", f"import {import_runs[-1]:,.0f} rows/s, raw idempotent "
+                              f"{raw_runs['idempotent'][-1]:,.0f}, direct "
+                              f"{raw_runs['direct'][-1]:,.0f}")  # fmt: skip
+            for how in RAW_PATHS:
+                sweeps[how][bests[how]] += raw_runs[how]
             live = await measure_live(db, path, n)
             say("import", f"live path {live:,.0f} rows/s")
             version = await server_version(db)
             where = "MDP_PG_DSN" if db.embedded is None else "embedded"
 
+    sweep, best = sweeps["idempotent"], bests["idempotent"]
     limit = median(sweep[best])
+    direct = median(sweeps["direct"][bests["direct"]])
     imported = median(import_runs)
-    paired = median(i / r for i, r in zip(import_runs, raw_runs, strict=True))
+    paired = median(i / r for i, r in zip(import_runs, raw_runs["idempotent"], strict=True))
     return {
         "benchmark": "import",
         "when": now_iso(),
@@ -207,11 +228,21 @@ async def run_async(quick: bool = False) -> dict[str, Any]:
             for (b, c), r in sweep.items()
         ],
         "raw_best": {"batch_size": best[0], "connections": best[1], "rows_per_s": limit},
+        "raw_direct": [
+            {"batch_size": b, "connections": c, "rows_per_s": median(r), "runs_rows_per_s": r}
+            for (b, c), r in sweeps["direct"].items()
+        ],
+        "raw_direct_best": {
+            "batch_size": bests["direct"][0],
+            "connections": bests["direct"][1],
+            "rows_per_s": direct,
+        },
         "import": {
             "rows_per_s": imported,
             "runs_rows_per_s": import_runs,
             "ratio_to_raw": imported / limit,
             "ratio_to_raw_paired": paired,
+            "ratio_to_direct": imported / direct,
             "workers": 2,
         },
         "live": {"rows_per_s": live, "ratio_to_raw": live / limit},
@@ -233,6 +264,9 @@ def table(result: dict[str, Any]) -> str:
         mark = " (limit)" if x["rows_per_s"] == limit else ""
         rows.append((f"(a) raw COPY + upsert{mark}", f"{x['batch_size']:,}", x["connections"],
                      f"{x['rows_per_s']:,.0f}", f"{x['rows_per_s'] / limit:.2f}"))  # fmt: skip
+    for x in sorted(r.get("raw_direct", []), key=lambda x: (x["connections"], x["batch_size"])):
+        rows.append(("(a) raw direct COPY", f"{x['batch_size']:,}", x["connections"],
+                     f"{x['rows_per_s']:,.0f}", f"{x['rows_per_s'] / limit:.2f}"))  # fmt: skip
     i, lv = r["import"], r["live"]
     rows.append(("(b) mdp import (CSV file)", "-", i["workers"], f"{i['rows_per_s']:,.0f}",
                  f"{i['ratio_to_raw']:.2f}"))  # fmt: skip
@@ -249,8 +283,18 @@ def describe(result: dict[str, Any]) -> str:
         f"MiB), median of {r['repeats']}; (b) and (c) are wall times of the command, process "
         f"start to exit; raw = prebuilt tuples, asyncpg binary COPY into a TEMP stage + INSERT "
         f"ON CONFLICT, best of the sweep, interleaved with (b) (median of the paired ratios "
-        f"{r['import']['ratio_to_raw_paired']:.2f}). Target: import >= "
+        f"{r['import']['ratio_to_raw_paired']:.2f}); {_direct(r)}Target: import >= "
         f"{r['target_ratio']} x raw ({verdict}); PostgreSQL {m['postgres']} ({m['server']})"
+    )
+
+
+def _direct(r: dict[str, Any]) -> str:
+    """The import against the direct COPY limit (results before the fast path lack it)."""
+    if "raw_direct_best" not in r:
+        return ""
+    return (
+        f"raw direct COPY into mdp.bars {r['raw_direct_best']['rows_per_s']:,.0f} rows/s, the "
+        f"import {r['import']['ratio_to_direct']:.2f} x that. "
     )
 
 

@@ -121,6 +121,8 @@ class ImportStats:
     spooled: int = 0
     bad_rows: list[BadRow] = field(default_factory=list)  # the first 100
     rejects: Path | None = None  # the rejects file, when a row was bad
+    # tables and rows committed per write path (WritePathCounts.to_dict(), kinds summed)
+    write_paths: dict[str, int] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -191,6 +193,9 @@ class Importer:
             raise _first(group) from None
         finally:
             self._close_rejects()
+            for writer in writers.values():
+                for path, n in writer.paths.to_dict().items():
+                    self.stats.write_paths[path] = self.stats.write_paths.get(path, 0) + n
         return self.stats
 
     async def _write(self, queue: asyncio.Queue[_Job | None]) -> None:

@@ -100,6 +100,7 @@ async def test_import_run_measures_raw_import_and_live_on_the_same_bars(
         await db.ensure_partitions("bars", {bench_import.START.date()})
         # each measurement checks that every bar was stored
         assert await bench_import.measure_raw(db, rows, 500, 2) > 0
+        assert await bench_import.measure_raw(db, rows, 500, 2, "direct") > 0
         assert await bench_import.measure_import(db, path, len(rows)) > 0
         stored = [tuple(r) for r in await db.pool.fetch(bench_import.STORED_SQL)]
         assert await bench_import.measure_live(db, path, len(rows)) > 0

@@ -2,9 +2,13 @@
 
 A table in the stage layout (``mdp_core.columns.QUOTE_SCHEMA`` / ``BAR_SCHEMA``) is encoded
 for PostgreSQL's binary COPY by ``pgpq`` (in Rust, column by column: no Python object per
-row), copied into the connection's TEMP stage table and moved with the sinks' own ``INSERT
-... ON CONFLICT DO NOTHING``, one transaction per table, after the daily partitions of its
-rows are created. So, like the sinks:
+row) and written the two ways the sinks write (``mdp_core.store.write_path``), one
+transaction per table, after the daily partitions of its rows are created: COPY straight
+into the table (the fast path: a file of rows not stored yet), or, when a key of the table
+is stored already, COPY into the connection's TEMP stage table and the sinks' own ``INSERT
+... ON CONFLICT DO NOTHING`` (the encoded data is sent again, not encoded again; after a
+conflict the writer stays on that path for a while, so re-importing a file does not pay for
+two writes per table). So, like the sinks:
 
 - a table is committed whole or not at all, and writing it again adds nothing (idempotent
   on the natural key; the first stored row wins);
@@ -35,6 +39,7 @@ from mdp_core.models import Bar, Quote, Record
 from mdp_core.retry import RetryPolicy
 from mdp_core.store.database import STAGE_TABLES
 from mdp_core.store.sinks import BarsSink, QuotesSink
+from mdp_core.store.write_path import WritePathCounts, WritePathPolicy, write_by_policy
 
 if TYPE_CHECKING:
     from mdp_core.dlq import DeadLetterQueue
@@ -63,7 +68,8 @@ class BulkResult:
 class BulkWriter:
     """Writes Arrow tables of ``kind`` (``"bars"`` or ``"quotes"``) through COPY; see the
     module docstring for what ``write`` guarantees. Safe to use from concurrent tasks (each
-    write takes its own pooled connection)."""
+    write takes its own pooled connection). ``policy`` picks the write path of each table
+    (default: fast first); ``paths`` counts the tables and rows committed on each."""
 
     def __init__(
         self,
@@ -73,6 +79,7 @@ class BulkWriter:
         dlq: DeadLetterQueue,
         retry_policy: RetryPolicy | None = None,
         stream: str = "import",
+        policy: WritePathPolicy | None = None,
     ) -> None:
         if kind not in _SINKS:
             raise ValueError(f"kind {kind!r} is invalid: expected 'bars' or 'quotes'")
@@ -85,6 +92,8 @@ class BulkWriter:
         self.dlq = dlq
         self.retry_policy = retry_policy or RetryPolicy()
         self.stream = stream
+        self.policy = policy if policy is not None else WritePathPolicy()
+        self.paths = WritePathCounts()
         sink = _SINKS[kind]
         self._columns: Sequence[str] = sink.columns
         self._insert_sql = sink._insert_sql
@@ -127,7 +136,7 @@ class BulkWriter:
         async with self.db.pool.acquire() as conn:
             await self.db.ensure_partitions(self.table, days, conn=conn)
             try:
-                return await self._copy_insert(conn, data)
+                return await self._write_data(conn, data, table.num_rows)
             except asyncpg.CheckViolationError as exc:
                 if exc.constraint_name is not None:
                     raise
@@ -135,7 +144,24 @@ class BulkWriter:
                 # knew was dropped meanwhile (retention elsewhere). Recreate it, once.
                 self.db.forget_partitions(self.table)
                 await self.db.ensure_partitions(self.table, days, conn=conn)
-                return await self._copy_insert(conn, data)
+                return await self._write_data(conn, data, table.num_rows)
+
+    async def _write_data(self, conn: asyncpg.Connection, data: bytes, rows: int) -> int:
+        """The fast path if the policy allows it, else (or on a conflict) the idempotent one."""
+
+        async def fast() -> None:
+            async with conn.transaction():
+                await conn.copy_to_table(
+                    self.table,
+                    schema_name="mdp",
+                    source=_chunks(data),
+                    columns=list(self._columns),
+                    format="binary",
+                )
+
+        return await write_by_policy(
+            self.policy, self.paths, rows, fast, lambda: self._copy_insert(conn, data)
+        )
 
     def encode(self, table: pa.Table) -> bytes:
         """``table`` as PostgreSQL's binary COPY data; raises ``ValueError`` if its columns

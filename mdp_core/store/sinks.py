@@ -42,7 +42,7 @@ from asyncpg.exceptions._base import DataError as ClientDataError
 
 from mdp_core.models import Bar, Quote
 from mdp_core.store.database import STAGE_TABLES
-from mdp_core.store.write_path import WritePath, WritePathCounts, WritePathPolicy
+from mdp_core.store.write_path import WritePathCounts, WritePathPolicy, write_by_policy
 
 if TYPE_CHECKING:
     from mdp_core.store.database import Database
@@ -123,23 +123,16 @@ class TableSink(Generic[R]):
                 return await self._write_rows(conn, rows)
 
     async def _write_rows(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> int:
-        """The fast path if the policy allows it, else (or on a conflict) the idempotent one;
-        the path taken is counted once the batch is committed."""
-        path: WritePath = "idempotent"
-        if self.policy.use_fast():
-            try:
-                async with conn.transaction():
-                    await self._copy(conn, self.table, rows, schema="mdp")
-            except asyncpg.UniqueViolationError:
-                self.policy.conflict()
-                path = "fallback"
-            else:
-                self.policy.fast_ok()
-                self.paths.add("fast", len(rows))
-                return len(rows)
-        new = await self._copy_insert(conn, rows)
-        self.paths.add(path, len(rows))
-        return new
+        """The fast path if the policy allows it, else (or on a conflict) the idempotent one
+        (``write_by_policy``)."""
+
+        async def fast() -> None:
+            async with conn.transaction():
+                await self._copy(conn, self.table, rows, schema="mdp")
+
+        return await write_by_policy(
+            self.policy, self.paths, len(rows), fast, lambda: self._copy_insert(conn, rows)
+        )
 
     async def _copy_insert(self, conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> int:
         """The idempotent path: COPY into the stage, INSERT ... ON CONFLICT DO NOTHING."""

@@ -19,11 +19,13 @@ as long (up to ``max_hold_factor`` times); a fast batch that goes through resets
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-__all__ = ["WritePath", "WritePathCounts", "WritePathPolicy"]
+import asyncpg
+
+__all__ = ["WritePath", "WritePathCounts", "WritePathPolicy", "write_by_policy"]
 
 #: How a committed batch went in: ``fast`` (direct COPY), ``fallback`` (refused on the fast
 #: path for a conflict, then written the idempotent way) or ``idempotent`` (written the
@@ -123,3 +125,33 @@ class WritePathPolicy:
     def _hold(self) -> None:
         self._batches_left = self.hold_batches * self._factor
         self._until = self._clock() + self.hold_seconds * self._factor
+
+
+async def write_by_policy(
+    policy: WritePathPolicy,
+    counts: WritePathCounts,
+    rows: int,
+    fast: Callable[[], Awaitable[None]],
+    idempotent: Callable[[], Awaitable[int]],
+) -> int:
+    """Write a batch of ``rows`` rows the way ``policy`` picks; return how many were new.
+
+    ``fast()`` stores them all in its own transaction or raises ``UniqueViolationError``
+    having stored none; ``idempotent()`` stores what is missing and returns its count. On
+    a conflict the batch is written again by ``idempotent()`` (a fallback) and the policy
+    holds. The path taken is counted in ``counts`` once the batch is committed; any other
+    error propagates with nothing counted."""
+    path: WritePath = "idempotent"
+    if policy.use_fast():
+        try:
+            await fast()
+        except asyncpg.UniqueViolationError:
+            policy.conflict()
+            path = "fallback"
+        else:
+            policy.fast_ok()
+            counts.add("fast", rows)
+            return rows
+    new = await idempotent()
+    counts.add(path, rows)
+    return new

@@ -315,6 +315,9 @@ ALLOWED = {
     # the same constants, taken from the sink classes by the bulk writer (mdp import)
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._insert_sql"),
     ("mdp_core/store/bulk.py", "BulkWriter._copy_insert", "self._stage"),
+    # the fast path's COPY target: "bars" or "quotes", chosen from kind in __init__ (else
+    # ValueError)
+    ("mdp_core/store/bulk.py", "BulkWriter._write_data.fast", "self.table"),
     # names come from the caller's literal only: ["dagster"]
     ("mdp_core/cli/up.py", "_ensure_databases", "f'CREATE DATABASE \"{name}\"'"),
     # read API: sql is one of the constants _BARS_SQL / _QUOTES_SQL; query is the text the
