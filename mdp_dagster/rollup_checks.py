@@ -4,11 +4,11 @@
   partitions): ``partition_ohlc_sane`` (every bar of the window is a sane OHLC bar) and
   ``partition_no_duplicates`` (no key twice). A single-run backfill checks its whole range.
 - ``freshness_check`` (``dg.build_time_partition_freshness_checks``): the newest closed
-  partition is materialized by a deadline: ``deadline_minute`` past each hour for the
-  hourly rollups, past midnight UTC for ``bars_1d``. Evaluated by the sensor
+  partition is materialized, or observed, by a deadline: ``deadline_minute`` past each
+  hour for the hourly rollups, past midnight UTC for ``bars_1d``. Evaluated by the sensor
   ``rollups_freshness``; it warns (severity WARN) when the rollup sensor is stopped or
-  behind, and also after a window without 5-second bars (which the sensor does not roll
-  up: nothing to write).
+  behind. A window without 5-second bars is not rolled up (nothing to write): the rollup
+  sensor observes that partition (``rows: 0``), which passes the check.
 
 ``matches_source`` (a late 5-second bar after the rollup) stays in the health job, which
 looks at the last closed partitions again later (see ``health.py``).

@@ -13,6 +13,9 @@ A UI backfill over a range runs as one run and one SQL over the whole range
 
 The sensor ``rollups_new_data`` requests each partition once, when its window has closed
 (plus ``MDP_ROLLUP_GRACE_SECONDS``) and it holds 5-second bars; see ``build_rollup_sensor``.
+A closed window without 5-second bars (a night, a weekend) is not rolled up (nothing to
+write): the sensor records an observation of that partition instead (``rows: 0``), which
+is what the freshness checks accept for it.
 """
 
 import json
@@ -66,6 +69,7 @@ PREVIEW_SYMBOLS = 20  # rows of the per-symbol summary table
 RUN_TAGS = {KIND_TAG: "rollup"}
 RANGE_START_TAG = "dagster/asset_partition_range_start"  # a run over a partition range
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+EMPTY_CURSOR = "{} empty"  # cursor key: the newest empty window observed for an asset
 
 Clock = Callable[[], datetime]
 
@@ -270,6 +274,37 @@ def _run_request(job: str, group: list[_Rollup], starts: list[datetime]) -> dg.R
     )
 
 
+def _empty_windows(
+    r: _Rollup,
+    closed: list[datetime],
+    with_data: set[datetime],
+    cursor: dict[str, str],
+    now: datetime,
+) -> list[dg.AssetObservation]:
+    """Observations of the two newest ``closed`` windows of ``r`` that hold no 5-second bars
+    and were not observed yet (``cursor`` remembers the newest observed). The freshness
+    check expects one of those two: the older one until its deadline, minutes after the
+    newer one closed."""
+    seen = EMPTY_CURSOR.format(r.name)
+    out: list[dg.AssetObservation] = []
+    for start in closed[-2:]:
+        if start in with_data or (seen in cursor and start <= datetime.fromisoformat(cursor[seen])):
+            continue
+        cursor[seen] = start.isoformat()
+        out.append(
+            dg.AssetObservation(
+                asset_key=r.asset.key,
+                partition=r.partition_key(start),
+                description="The window closed without 5-second bars: nothing to roll up.",
+                metadata={
+                    "rows": dg.MetadataValue.int(0),
+                    "dagster/last_updated_timestamp": dg.MetadataValue.timestamp(now),
+                },
+            )
+        )
+    return out
+
+
 def build_rollup_sensor(
     rollups: Sequence[_Rollup],
     jobs: Sequence[Any],  # what dg.define_asset_job returns
@@ -285,7 +320,8 @@ def build_rollup_sensor(
     window never is. Assets due for the same partitions share a run, and consecutive due
     partitions (a backlog after downtime) form one ranged run. Windows older than
     ``lookback_hours`` are left to UI backfills; a window that was empty when the sensor
-    passed it, or gets late data, is re-materialized by hand (idempotent)."""
+    passed it, or gets late data, is re-materialized by hand (idempotent). Empty windows
+    are observed (``_empty_windows``); the cursor stays, so later bars still roll up."""
     grace = timedelta(seconds=settings.grace_seconds)
     lookback = timedelta(hours=settings.lookback_hours)
 
@@ -323,22 +359,28 @@ def build_rollup_sensor(
 
         with_data = store.run(probe) if any(candidates.values()) else {}
         due: dict[tuple[str, datetime], list[_Rollup]] = {}  # (job, window start) -> rollups
+        empty: list[dg.AssetObservation] = []
         for r in rollups:
-            starts = [s for s in candidates[r.name] if s in with_data.get(r.length, set())]
+            data = with_data.get(r.length, set())
+            starts = [s for s in candidates[r.name] if s in data]
             starts = starts[: settings.max_requests]
             for s in starts:
                 due.setdefault((r.job_name, s), []).append(r)
             if starts:
                 cursor[r.name] = (starts[-1] + r.length).isoformat()
-        if not due:
+            empty += _empty_windows(r, candidates[r.name], data, cursor, now)
+        if not due and not empty:
             return dg.SkipReason(
                 f"no closed window with new 5-second bars before {closed_until.isoformat()}"
             )
         requests = [_run_request(job, group, starts) for job, group, starts in _ranges(due)]
-        context.log.info(
-            f"requesting {len(requests)} rollup runs for {len(due)} partitions with new data"
+        if requests:
+            context.log.info(
+                f"requesting {len(requests)} rollup runs for {len(due)} partitions with new data"
+            )
+        return dg.SensorResult(
+            run_requests=requests, asset_events=empty, cursor=json.dumps(cursor, sort_keys=True)
         )
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor, sort_keys=True))
 
     return rollups_new_data
 

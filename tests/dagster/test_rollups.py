@@ -380,11 +380,99 @@ def test_rollup_freshness_checks_and_sensor(resources: dict[str, object]) -> Non
     assert deadline_minute(120) == 10 and deadline_minute(900) == 21
 
 
-def test_sensor_skips_without_data(sensor_tick: tuple[Clock, Tick, list[dg.RunRequest]]) -> None:
-    clock, tick, requests = sensor_tick
-    clock.now = DAY + timedelta(hours=5)
-    assert tick() == set()
-    assert requests == []
+def test_an_empty_window_is_observed_once_and_still_rolled_up_when_bars_arrive(
+    store_dsn: str, resources: dict[str, object], instance: dg.DagsterInstance
+) -> None:
+    """Without 5-second bars the sensor requests no run; it observes each asset's two newest
+    closed windows once (``rows: 0``, what the freshness check accepts). Bars that reach
+    such a window later (a backfill after an outage) are rolled up all the same."""
+    clock = Clock(DAY + timedelta(hours=5))  # 05:00: the newest closed hour is 03:00-04:00
+    defs = full_defs(build_rollup_defs(SETTINGS, clock=clock), resources)
+    sensor = defs.resolve_sensor_def("rollups_new_data")
+    cursor: list[str | None] = [None]
+
+    def tick() -> tuple[set[tuple[str, str]], set[tuple[str, str | None, int]]]:
+        ctx = dg.build_sensor_context(
+            instance=instance, cursor=cursor[0], resources=resources, definitions=defs
+        )
+        result = sensor(ctx)
+        if isinstance(result, dg.SkipReason):
+            return set(), set()
+        assert isinstance(result, dg.SensorResult)
+        cursor[0] = result.cursor
+        runs = {pair for rr in result.run_requests or [] for pair in requested(defs, rr)}
+        observed = {
+            (e.asset_key.path[-1], e.partition, e.metadata["rows"].value)
+            for e in result.asset_events or []
+            if isinstance(e, dg.AssetObservation)
+        }
+        return runs, observed
+
+    hourly = ("bars_1m", "bars_5m", "bars_1h")
+    runs, observed = tick()
+    assert runs == set()
+    assert observed == {
+        (a, hour, 0) for a in hourly for hour in ("2024-01-03-02:00", "2024-01-03-03:00")
+    } | {("bars_1d", "2024-01-02", 0)}  # 2024-01-01 is older than the lookback
+    assert tick() == (set(), set())  # observed once
+
+    clock.now = DAY + timedelta(hours=6)  # an hour on, still nothing: the next hour observed
+    assert tick() == (set(), {(a, "2024-01-03-04:00", 0) for a in hourly})
+
+    write_bars(store_dsn, [bar_at(DAY.replace(hour=3, minute=20))])  # a backfill, late
+    runs, observed = tick()
+    assert runs == {(a, "2024-01-03-03:00") for a in hourly}
+    assert observed == set()
+
+
+def _last_closed_hour(now: datetime) -> str:
+    """The partition the hourly freshness check expects at ``now`` (deadline: minute
+    ``deadline_minute`` of each hour, UTC)."""
+    deadline = now.replace(minute=deadline_minute(SETTINGS.grace_seconds), second=0, microsecond=0)
+    if deadline > now:
+        deadline -= timedelta(hours=1)
+    start = deadline.replace(minute=0) - timedelta(hours=1)
+    return start.strftime("%Y-%m-%d-%H:%M")
+
+
+def test_the_freshness_check_accepts_an_observed_empty_window(
+    resources: dict[str, object], instance: dg.DagsterInstance
+) -> None:
+    """On a real instance: the newest closed hour neither rolled up nor observed fails the
+    freshness check (a warning); observed as empty by the sensor's event, it passes."""
+    rollups = build_rollup_defs(RollupSettings(grace_seconds=SETTINGS.grace_seconds))
+    keys = [
+        k
+        for c in rollups.asset_checks or []
+        if isinstance(c, dg.AssetChecksDefinition)
+        for k in c.check_keys
+        if k.name == "freshness_check" and k.asset_key == ROLLUP_KEYS["1h"]
+    ]
+    job = dg.define_asset_job("fresh_1h", selection=dg.AssetSelection.checks(*keys))
+    defs = dg.Definitions.merge(full_defs(rollups, resources), dg.Definitions(jobs=[job]))
+
+    def evaluate() -> tuple[bool, str]:
+        expected = _last_closed_hour(datetime.now(UTC))
+        result = defs.resolve_job_def("fresh_1h").execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        if expected != _last_closed_hour(datetime.now(UTC)):  # the deadline passed meanwhile
+            return evaluate()
+        return evaluation.passed, expected
+
+    passed, partition = evaluate()
+    assert not passed
+    instance.report_runless_asset_event(
+        dg.AssetObservation(
+            asset_key=ROLLUP_KEYS["1h"],
+            partition=partition,
+            metadata={"rows": 0, "dagster/last_updated_timestamp": dg.MetadataValue.timestamp(
+                datetime.now(UTC))},
+        )
+    )  # fmt: skip
+    passed, observed = evaluate()
+    assert passed and observed == partition
 
 
 def test_sparkline() -> None:
