@@ -39,10 +39,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from benchmarks.common import (
     bench_database,
+    copy_raw,
     machine,
     markdown_table,
     median,
@@ -52,8 +51,7 @@ from benchmarks.common import (
     server_version,
     write_json,
 )
-from mdp_core.store.database import STAGE_DDL, STAGE_TABLES, Database
-from mdp_core.store.sinks import BarsSink
+from mdp_core.store.database import Database
 
 TARGET_RATIO = 0.7
 SYMBOLS = 100
@@ -111,31 +109,7 @@ async def measure_raw(
     """(a) Rows/s of COPY -> stage -> INSERT ON CONFLICT (``idempotent``), or of COPY into
     mdp.bars (``direct``), from prebuilt tuples."""
     await _reset(db)
-    conns = [await asyncpg.connect(db.dsn) for _ in range(connections)]
-    try:
-        for conn in conns:
-            await conn.execute(STAGE_DDL)
-        batches = iter([rows[i : i + batch_size] for i in range(0, len(rows), batch_size)])
-
-        async def worker(conn: asyncpg.Connection) -> None:
-            for batch in batches:  # shared iterator: each batch goes to one worker
-                async with conn.transaction():
-                    if path == "direct":
-                        await conn.copy_records_to_table(
-                            "bars", records=batch, columns=BarsSink.columns, schema_name="mdp"
-                        )
-                        continue
-                    await conn.copy_records_to_table(
-                        STAGE_TABLES["bars"], records=batch, columns=BarsSink.columns
-                    )
-                    await conn.execute(BarsSink._insert_sql)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in conns))
-        elapsed = time.perf_counter() - start
-    finally:
-        for conn in conns:
-            await conn.close()
+    elapsed, _ = await copy_raw(db.dsn, "bars", rows, batch_size, connections, path)
     await _check(db, len(rows))
     return len(rows) / elapsed
 

@@ -46,10 +46,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import asyncpg
-
 from benchmarks.common import (
     bench_database,
+    copy_raw,
     machine,
     markdown_table,
     median,
@@ -61,7 +60,7 @@ from benchmarks.common import (
 from mdp_core.coordinator import CoordinatorSettings, RetryPolicy, WriteCoordinator
 from mdp_core.dlq import DeadLetterQueue
 from mdp_core.models import Quote
-from mdp_core.store.database import STAGE_DDL, STAGE_TABLES, Database
+from mdp_core.store.database import Database
 from mdp_core.store.sinks import QuotesSink
 from mdp_core.store.write_path import WritePathPolicy
 
@@ -69,9 +68,7 @@ BATCH_SIZES = (1000, 2000, 5000, 10000)
 COORDINATOR_BATCH_SIZES = BATCH_SIZES[-2:]
 PARALLEL = (1, 2, 4)
 SYMBOLS = 100
-STAGE = STAGE_TABLES["quotes"]
 COLUMNS = QuotesSink.columns
-INSERT = QuotesSink._insert_sql
 RawPath = Literal["direct", "idempotent"]
 RAW_PATHS: tuple[RawPath, ...] = ("direct", "idempotent")
 
@@ -120,17 +117,6 @@ async def _check(db: Database, expected: int) -> None:
 # -- (a) raw limits -------------------------------------------------------------------------
 
 
-async def _copy_batch(conn: asyncpg.Connection, batch: Sequence[Any], path: RawPath) -> None:
-    async with conn.transaction():
-        if path == "direct":
-            await conn.copy_records_to_table(
-                "quotes", records=batch, columns=COLUMNS, schema_name="mdp"
-            )
-        else:
-            await conn.copy_records_to_table(STAGE, records=batch, columns=COLUMNS)
-            await conn.execute(INSERT)
-
-
 async def measure_raw_timed(
     db: Database,
     rows: list[tuple[Any, ...]],
@@ -141,22 +127,7 @@ async def measure_raw_timed(
     """(wall seconds, this process's CPU seconds) of writing prebuilt tuples by ``path``:
     ``direct`` COPY into mdp.quotes or ``idempotent`` COPY -> stage -> INSERT ON CONFLICT."""
     await _truncate(db)
-    conns = [await asyncpg.connect(db.dsn) for _ in range(connections)]
-    try:
-        for conn in conns:
-            await conn.execute(STAGE_DDL)
-        batches = iter(_chunks(rows, batch_size))
-
-        async def worker(conn: asyncpg.Connection) -> None:
-            for batch in batches:  # shared iterator: each batch goes to one worker
-                await _copy_batch(conn, batch, path)
-
-        cpu, start = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in conns))
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    finally:
-        for conn in conns:
-            await conn.close()
+    elapsed, cpu = await copy_raw(db.dsn, "quotes", rows, batch_size, connections, path)
     await _check(db, len(rows))
     return elapsed, cpu
 

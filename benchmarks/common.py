@@ -7,6 +7,7 @@ benchmarks`` runs them all and writes one report.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -31,13 +33,15 @@ from mdp_core.channel import Channel
 from mdp_core.coordinator import WriteCoordinator
 from mdp_core.logs import configure_logging
 from mdp_core.settings import get_settings
-from mdp_core.store.database import Database
+from mdp_core.store.database import STAGE_DDL, STAGE_TABLES, Database
 from mdp_core.store.embedded import EmbeddedServer
+from mdp_core.store.sinks import BarsSink, QuotesSink
 
 __all__ = [
     "RESULTS_DIR",
     "bench_database",
     "consume_batches",
+    "copy_raw",
     "machine",
     "markdown_table",
     "median",
@@ -140,6 +144,46 @@ async def consume_batches(channel: Channel[Any], coord: WriteCoordinator[Any]) -
     coordinator, until the channel closes."""
     async for batch in channel.iter_batches(coord.settings.batch_size):
         await coord.submit_many(batch)
+
+
+async def copy_raw(
+    dsn: str,
+    table: str,
+    rows: Sequence[tuple[Any, ...]],
+    batch_size: int,
+    connections: int,
+    path: str,
+) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of writing prebuilt stage-layout tuples
+    into ``mdp.<table>`` (``quotes`` or ``bars``) the raw way, one transaction per batch on
+    ``connections`` plain connections sharing the batches: ``direct``, binary COPY straight
+    into the table; ``idempotent``, binary COPY into the TEMP stage + the sinks' ``INSERT
+    ... ON CONFLICT DO NOTHING``. The limits the sinks and ``mdp import`` are held to."""
+    sink = {"quotes": QuotesSink, "bars": BarsSink}[table]
+    stage, columns = STAGE_TABLES[table], sink.columns
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+        for conn in conns:
+            await conn.execute(STAGE_DDL)
+        batches = iter([rows[i : i + batch_size] for i in range(0, len(rows), batch_size)])
+
+        async def worker(conn: asyncpg.Connection) -> None:
+            for batch in batches:  # shared iterator: each batch goes to one worker
+                async with conn.transaction():
+                    if path == "direct":
+                        await conn.copy_records_to_table(
+                            table, records=batch, columns=columns, schema_name="mdp"
+                        )
+                    else:
+                        await conn.copy_records_to_table(stage, records=batch, columns=columns)
+                        await conn.execute(sink._insert_sql)
+
+        cpu, start = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        return time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        for conn in conns:
+            await conn.close()
 
 
 def say(name: str, text: str) -> None:
