@@ -15,6 +15,7 @@ from mdp_core.dlq import DeadLetterQueue
 from mdp_core.store.database import Database
 from mdp_core.store.embedded import EmbeddedServer
 from mdp_core.store.sinks import QuotesSink
+from mdp_core.store.write_path import WritePathPolicy
 from tests.coordinator.helpers import T0, FakeClock, quotes
 from tests.coordinator.proxy import ChaosProxy, chaos_proxy, unix_socket_path
 
@@ -50,6 +51,8 @@ def socket_of(server: EmbeddedServer) -> Path:
 async def test_t5_cut_mid_copy_is_retried_and_never_partial(
     pg_server: EmbeddedServer, fresh_dsn: str, tmp_path: Path
 ) -> None:
+    """The cut hits the COPY into the stage (the idempotent path, where replays and
+    backfills write): the cut batch is retried and every row is stored once."""
     items = quotes(20_000)
     async with asyncio.timeout(60), chaos_proxy(socket_of(pg_server)) as proxy:
         db = await proxied_database(proxy, fresh_dsn, command_timeout=5)
@@ -57,13 +60,15 @@ async def test_t5_cut_mid_copy_is_retried_and_never_partial(
             dlq = DeadLetterQueue(tmp_path / "dlq")
             settings = CoordinatorSettings(workers=1, batch_size=5_000, flush_interval=0)
             policy = RetryPolicy(max_attempts=5, initial_backoff=0.01)
-            async with WriteCoordinator(QuotesSink(db), settings, policy, dlq=dlq) as coord:
+            sink = QuotesSink(db, WritePathPolicy(start_idempotent=True))
+            async with WriteCoordinator(sink, settings, policy, dlq=dlq) as coord:
                 proxy.set_mode("close_after", n=200_000)  # a 5,000-row COPY is ~500 kB
                 await coord.submit_many(items)
                 await coord.drain()
                 h = coord.stats()
             assert proxy.cuts == 1
             assert h.retries >= 1 and (h.committed, h.dead_lettered) == (20_000, 0)
+            assert (sink.paths.idempotent_rows, sink.paths.fast_rows) == (20_000, 0)
             keys, total = await table_keys(db)
             assert keys == {q.key for q in items} and total == 20_000
         finally:

@@ -8,6 +8,21 @@ from typing import Any
 import asyncpg
 import dagster as dg
 
+from mdp_dagster.streaming import StreamRunConfig, stream_job
+
+
+def run_stream(
+    instance: dg.DagsterInstance, resources: dict[str, object], **config: Any
+) -> dg.ExecuteInProcessResult:
+    """One ``stream_job`` run in process (``config``: ``StreamRunConfig`` fields); a failed
+    run is returned, not raised."""
+    return stream_job.execute_in_process(
+        run_config=dg.RunConfig(ops={"run_stream": StreamRunConfig(**config)}),
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
+
 
 def sql_value(dsn: str, sql: str, *args: Any) -> Any:
     """One value of one query on ``dsn``."""

@@ -58,11 +58,9 @@ def test_definitions_load_and_validate() -> None:
     assert set(defs.resources or {}) >= {"store", "dlq"}
 
 
-def test_dagster_cli_validates_the_workspace(dagster_db: str, tmp_path: Path) -> None:
-    # with the repository's dagster.yaml, as `mdp up` runs it
-    (tmp_path / "dagster.yaml").write_text((REPO / INSTANCE_CONFIG).read_text())
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
-    env.update(DAGSTER_HOME=str(tmp_path), MDP_DAGSTER_PG_URL=dagster_db)
+def validate_workspace(env: dict[str, str]) -> str:
+    """``dagster definitions validate -w workspace.yaml`` in the repository root with
+    ``env``; asserts it succeeds and returns its output."""
     result = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=110,
@@ -70,6 +68,15 @@ def test_dagster_cli_validates_the_workspace(dagster_db: str, tmp_path: Path) ->
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Validation successful" in output
+    return output
+
+
+def test_dagster_cli_validates_the_workspace(dagster_db: str, tmp_path: Path) -> None:
+    # with the repository's dagster.yaml, as `mdp up` runs it
+    (tmp_path / "dagster.yaml").write_text((REPO / INSTANCE_CONFIG).read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_")}
+    env.update(DAGSTER_HOME=str(tmp_path), MDP_DAGSTER_PG_URL=dagster_db)
+    validate_workspace(env)
 
 
 def test_dagster_cli_validates_with_nothing_exported() -> None:
@@ -77,14 +84,7 @@ def test_dagster_cli_validates_with_nothing_exported() -> None:
     temporary instance (the instance settings are not in the root), the code location loads
     (mdp's resources fall back to the embedded server under .mdp at run time)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MDP_", "DAGSTER_"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "Validation successful" in output
-    assert "Traceback" not in output
+    assert "Traceback" not in validate_workspace(env)
 
 
 def test_default_streams_file_is_valid() -> None:

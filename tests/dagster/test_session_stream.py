@@ -10,8 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from mdp_dagster.rollups import ROLLUP_KEYS
-from mdp_dagster.streaming import StreamRunConfig, stream_job
-from tests.dagster.helpers import metadata_values, observations, sql_value
+from tests.dagster.helpers import metadata_values, observations, run_stream, sql_value
 
 SPY = Path(__file__).resolve().parents[2] / "data" / "SPY_1min_2011-01.csv"
 
@@ -34,14 +33,7 @@ def test_a_session_stream_reports_its_own_asset_and_outside_session_drops(
             provider_options: {{path: "{SPY}"}}
         """
     )
-    result = stream_job.execute_in_process(
-        run_config=dg.RunConfig(
-            ops={"run_stream": StreamRunConfig(stream="spy_sessions", max_seconds=120.0)}
-        ),
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-    )
+    result = run_stream(instance, resources, stream="spy_sessions", max_seconds=120.0)
     assert result.success
     last = observations(instance, result.run_id)[-1]
     assert last.asset_key == dg.AssetKey(["mdp", "bars_1d_xnys"]) != ROLLUP_KEYS["1d"]

@@ -16,12 +16,13 @@ import dagster as dg
 import pytest
 
 from mdp_dagster.assets import BARS_5S, QUOTES
-from mdp_dagster.streaming import PipelineThread, StreamRunConfig, stream_job
+from mdp_dagster.streaming import PipelineThread
 from tests.dagster.helpers import (
     materializations,
     metadata_values,
     observations,
     run_log_messages,
+    run_stream,
     sql_value,
 )
 
@@ -36,15 +37,6 @@ streams:
 """
 
 
-def _run(instance: dg.DagsterInstance, resources: dict[str, object], **config: object):
-    return stream_job.execute_in_process(
-        run_config=dg.RunConfig(ops={"run_stream": StreamRunConfig(**config)}),  # type: ignore[arg-type]
-        instance=instance,
-        resources=resources,
-        raise_on_error=False,
-    )
-
-
 def test_stream_writes_rows_and_reports_progress(
     instance: dg.DagsterInstance,
     resources: dict[str, object],
@@ -52,7 +44,7 @@ def test_stream_writes_rows_and_reports_progress(
     write_streams: Callable[[str], Path],
 ) -> None:
     write_streams(SYNTHETIC_QUOTES)
-    result = _run(
+    result = run_stream(
         instance, resources, stream="syn_quotes", max_seconds=2.0, progress_interval=0.5,
         heartbeat_interval=0.5,
     )  # fmt: skip
@@ -132,7 +124,7 @@ def test_interrupt_drains_with_nothing_lost(
     watcher = _sigint_when_rows(store_dsn, done)
     try:
         # max_seconds bounds the test if the interrupt never comes (the asserts then fail)
-        result = _run(instance, resources, stream="syn_quotes", max_seconds=60.0)
+        result = run_stream(instance, resources, stream="syn_quotes", max_seconds=60.0)
     finally:
         done.set()
         watcher.join(timeout=10)
@@ -191,7 +183,7 @@ def test_interrupt_that_outlasts_the_drain_budget_gives_up_once(
     done = threading.Event()
     watcher = _sigint_while_locked(store_dsn, done)
     try:
-        result = _run(instance, resources, stream="syn_quotes", max_seconds=60.0)
+        result = run_stream(instance, resources, stream="syn_quotes", max_seconds=60.0)
     finally:
         done.set()  # the writes go through: the pipeline left behind finishes its drain
         watcher.join(timeout=10)
@@ -227,7 +219,7 @@ def test_bars_stream_reports_bars_asset(
             provider_options: {rate: 0, start: 2024-01-02T14:30:00Z, max_items: 400}
         """
     )
-    result = _run(instance, resources, stream="syn_bars", max_seconds=30.0)
+    result = run_stream(instance, resources, stream="syn_bars", max_seconds=30.0)
     assert result.success
     final = metadata_values(observations(instance, result.run_id)[-1])
     assert observations(instance, result.run_id)[-1].asset_key == BARS_5S.key
@@ -259,7 +251,7 @@ def test_ibkr_stream_from_the_simulated_gateway(
             client_id: {31 if mode == "bars" else 32}
         """
     )
-    result = _run(instance, resources, stream=f"ibkr_{mode}", max_seconds=4.0)
+    result = run_stream(instance, resources, stream=f"ibkr_{mode}", max_seconds=4.0)
     assert result.success
     mats = observations(instance, result.run_id)
     final = metadata_values(mats[-1])
@@ -294,7 +286,7 @@ def test_stream_already_written_by_another_fails_without_retry(
                 "SELECT pg_advisory_lock(hashtextextended('mdp:stream:syn_quotes', 0))"
             )
             return await asyncio.to_thread(
-                _run, instance, resources, stream="syn_quotes", max_seconds=30.0
+                run_stream, instance, resources, stream="syn_quotes", max_seconds=30.0
             )
         finally:
             await conn.close()
@@ -327,7 +319,7 @@ def test_provider_failure_fails_the_run_with_the_error(
             provider_options: {{path: "{tmp_path / "missing.csv"}"}}
         """
     )
-    result = _run(instance, resources, stream="broken_replay", max_seconds=30.0)
+    result = run_stream(instance, resources, stream="broken_replay", max_seconds=30.0)
     assert not result.success
     message = _failure_message(result)
     assert "stream broken_replay failed" in message
@@ -352,6 +344,6 @@ def test_unknown_or_malformed_stream_is_a_clear_failure(
     expected: str,
 ) -> None:
     write_streams(text)
-    result = _run(instance, resources, stream="nope", max_seconds=1.0)
+    result = run_stream(instance, resources, stream="nope", max_seconds=1.0)
     assert not result.success
     assert expected in _failure_message(result)

@@ -18,8 +18,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mdp_core.gateway import SimulatedGateway
-from mdp_dagster.streaming import StreamRunConfig, stream_job
-from tests.dagster.helpers import metadata_values, observations, run_log_messages, sql_value
+from tests.dagster.helpers import (
+    metadata_values,
+    observations,
+    run_log_messages,
+    run_stream,
+    sql_value,
+)
 
 
 def _free_port() -> int:
@@ -100,14 +105,7 @@ def test_stream_run_serves_metrics_matching_its_summary(
     watcher = _settle_then_interrupt(port, gateway, done, out)
     try:
         # max_seconds bounds the test if the interrupt never comes (the asserts then fail)
-        result = stream_job.execute_in_process(
-            run_config=dg.RunConfig(
-                ops={"run_stream": StreamRunConfig(stream="ibkr_quotes", max_seconds=90.0)}
-            ),
-            instance=instance,
-            resources=resources,
-            raise_on_error=False,
-        )
+        result = run_stream(instance, resources, stream="ibkr_quotes", max_seconds=90.0)
     finally:
         done.set()
         watcher.join(timeout=10)
